@@ -1,0 +1,27 @@
+"""OCI media types and annotation keys of a Modelhall bundle."""
+
+BUNDLE_ARTIFACT_TYPE = "application/vnd.modelhall.bundle.v1"
+SPEC_MEDIA_TYPE = "application/vnd.modelhall.spec.v1+json"
+CODE_MEDIA_TYPE = "application/vnd.modelhall.code.v1.tar+gzip"
+WEIGHTS_MEDIA_TYPE = "application/vnd.modelhall.weights.v1"
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_EMPTY_JSON = "application/vnd.oci.empty.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+MANIFEST_TYPES = IMAGE_MANIFEST_TYPES | INDEX_TYPES
+
+ANNOTATION_TITLE = "org.opencontainers.image.title"
+ANNOTATION_CREATED = "org.opencontainers.image.created"
+ANNOTATION_VERSION = "org.opencontainers.image.version"
+ANNOTATION_DESCRIPTION = "org.opencontainers.image.description"
+ANNOTATION_SOURCE = "org.opencontainers.image.source"
+ANNOTATION_ORAS_UNPACK = "io.deis.oras.content.unpack"
+
+CODE_LAYER_TITLE = "code.tar.gz"

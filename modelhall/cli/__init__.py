@@ -1,0 +1,17 @@
+"""The ``modelhall`` command."""
+
+import typer
+
+from modelhall.cli import accounts, bundles, server
+
+app = typer.Typer(help="Share trained models as live, reproducible demos.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.command()(bundles.init)
+app.command()(bundles.validate)
+app.command()(bundles.schema)
+app.command()(bundles.push)
+app.command()(bundles.pull)
+app.command()(bundles.inspect)
+app.command()(accounts.login)
+app.command()(server.up)
+app.add_typer(accounts.admin, name="admin")

@@ -1,0 +1,88 @@
+"""Settings shared by every part of Modelhall.
+
+Read, in order of precedence, from ``MODELHALL_*`` environment variables, then from a
+TOML config file (``MODELHALL_CONFIG``, default ``modelhall.toml`` in the working
+directory), then from defaults that need nothing running: SQLite and blob files under
+the data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8600"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELHALL_", extra="ignore")
+
+    data_dir: Path = Path(".modelhall")
+    database: str | None = None
+    storage: str | None = None
+    url: str = DEFAULT_URL
+    secret_key: str | None = None
+    token_ttl_seconds: int = 300
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    unpack_max_bytes: int = 20 * 1024**3
+    unpack_max_members: int = 100_000
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get("MODELHALL_CONFIG", "modelhall.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file))
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL; ``postgresql://`` is mapped onto the psycopg 3 driver."""
+        url = self.database or f"sqlite:///{self.data_dir.resolve() / 'modelhall.db'}"
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return url
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"file://{self.data_dir.resolve() / 'storage'}"
+
+    @cached_property
+    def signing_key(self) -> str:
+        """The key that signs registry tokens: configured, or created once in the data dir.
+
+        Kept on disk (not in memory) so that every replica sharing the data dir, and
+        the registry after a restart, accepts the tokens the others issued.
+        """
+        if self.secret_key:
+            return self.secret_key
+        key_file = self.data_dir / "secret.key"
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            candidate = key_file.with_suffix(f".{os.getpid()}.tmp")
+            candidate.write_text(secrets.token_urlsafe(48))
+            candidate.chmod(0o600)
+            try:
+                os.link(candidate, key_file)  # first writer wins; the others read its key
+            except FileExistsError:
+                pass
+            finally:
+                candidate.unlink()
+        return key_file.read_text().strip()
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)

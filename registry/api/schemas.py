@@ -1,0 +1,43 @@
+"""The REST API's response and request bodies (and so its OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class Identity(BaseModel):
+    name: str | None = Field(description="the user, or null for anonymous")
+    scopes: list[str]
+
+
+class VersionSummary(BaseModel):
+    tag: str
+    digest: str
+    version: str | None = Field(description="the version the bundle's spec declares")
+    size: int = Field(description="bytes of the manifest and every blob it names")
+    pushed_at: datetime
+
+
+class Version(VersionSummary):
+    spec: dict[str, Any] | None
+    readme: str | None
+    annotations: dict[str, Any]
+
+
+class RepositoryOut(BaseModel):
+    name: str
+    namespace: str
+    visibility: Literal["public", "private"]
+    description: str
+    task: str | None
+    created_at: datetime
+    updated_at: datetime
+    latest: VersionSummary | None
+
+
+class RepositoryUpdate(BaseModel):
+    visibility: Literal["public", "private"] | None = None
+    description: str | None = Field(default=None, max_length=2000)

@@ -1,0 +1,86 @@
+"""Who is asking: resolved once per request from its ``Authorization`` header."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelhall.registry.auth.tokens import TOKEN_PREFIX, InvalidTokenError, find_access_token, verify_registry_token
+from modelhall.registry.db.models import User
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated user (or nobody) and the limits of the credential they used.
+
+    ``scopes`` are the personal access token's ranked scopes. ``grants`` is set when the
+    request carries a registry token: then only the repository actions it names count.
+    """
+
+    user: User | None = None
+    scopes: frozenset[str] = frozenset()
+    grants: dict[str, frozenset[str]] | None = None
+    presented_credentials: bool = False
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.user is None
+
+    @property
+    def name(self) -> str | None:
+        return self.user.name if self.user else None
+
+
+ANONYMOUS = Principal()
+
+
+class AuthenticationError(Exception):
+    """Credentials were presented and are wrong, expired or revoked."""
+
+
+def principal_from_header(db: Session, header: str | None, signing_key: str) -> Principal:
+    if not header:
+        return ANONYMOUS
+    kind, _, value = header.partition(" ")
+    kind = kind.lower()
+    if kind == "basic":
+        return _from_basic(db, value.strip())
+    if kind == "bearer":
+        value = value.strip()
+        if value.startswith(TOKEN_PREFIX):
+            return _from_access_token(db, value, expected_user=None)
+        return _from_registry_token(db, value, signing_key)
+    raise AuthenticationError(f"unsupported authorization scheme {kind!r}")
+
+
+def _from_basic(db: Session, encoded: str) -> Principal:
+    try:
+        username, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthenticationError("malformed basic credentials") from None
+    return _from_access_token(db, password, expected_user=username or None)
+
+
+def _from_access_token(db: Session, token: str, expected_user: str | None) -> Principal:
+    try:
+        record = find_access_token(db, token)
+    except InvalidTokenError as error:
+        raise AuthenticationError(str(error)) from None
+    if expected_user and expected_user != record.user.name:
+        raise AuthenticationError("the token does not belong to that user")
+    return Principal(user=record.user, scopes=record.scope_set, presented_credentials=True)
+
+
+def _from_registry_token(db: Session, token: str, signing_key: str) -> Principal:
+    try:
+        claims = verify_registry_token(signing_key, token)
+    except InvalidTokenError as error:
+        raise AuthenticationError(str(error)) from None
+    user = db.scalar(select(User).where(User.name == claims.subject)) if claims.subject else None
+    if claims.subject and user is None:
+        raise AuthenticationError("the token's user no longer exists")
+    return Principal(user=user, scopes=claims.scopes, grants=claims.access, presented_credentials=True)

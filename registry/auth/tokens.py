@@ -1,0 +1,92 @@
+"""Personal access tokens and the short-lived registry tokens of the Docker token flow."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelhall.registry.db.models import AccessToken, User
+
+TOKEN_PREFIX = "mh_"
+SCOPES = ("read", "write", "admin")
+ISSUER = "modelhall"
+SERVICE = "modelhall"
+JWT_ALGORITHM = "HS256"
+
+
+class InvalidTokenError(Exception):
+    pass
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of a token. The tokens are 256 random bits, so a fast hash is enough."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def expand_scopes(scopes: set[str] | frozenset[str]) -> frozenset[str]:
+    """Scopes are ranked: admin includes write, write includes read."""
+    unknown = set(scopes) - set(SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scope {sorted(unknown)[0]!r}; use one of {', '.join(SCOPES)}")
+    highest = max((SCOPES.index(scope) for scope in scopes), default=-1)
+    return frozenset(SCOPES[: highest + 1])
+
+
+def create_access_token(db: Session, user: User, scopes: set[str], name: str = "",
+                        expires_at: datetime | None = None) -> str:
+    """Create a token for ``user`` and return it; only its hash is stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    db.add(AccessToken(user_id=user.id, name=name, token_hash=hash_token(token),
+                       scopes=" ".join(sorted(expand_scopes(scopes))), expires_at=expires_at))
+    db.flush()
+    return token
+
+
+def find_access_token(db: Session, token: str) -> AccessToken:
+    record = db.scalar(select(AccessToken).where(AccessToken.token_hash == hash_token(token)))
+    if record is None or record.revoked:
+        raise InvalidTokenError("unknown or revoked token")
+    if record.expires_at and record.expires_at.replace(tzinfo=record.expires_at.tzinfo or UTC) < datetime.now(UTC):
+        raise InvalidTokenError("the token has expired")
+    return record
+
+
+@dataclass(frozen=True)
+class RegistryClaims:
+    subject: str | None
+    scopes: frozenset[str]
+    access: dict[str, frozenset[str]]
+
+
+def issue_registry_token(key: str, subject: str | None, scopes: frozenset[str],
+                         access: dict[str, frozenset[str]], ttl_seconds: int) -> tuple[str, int]:
+    """A signed token naming the repository actions granted, and the scopes of the credential behind it."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": ISSUER, "aud": SERVICE, "sub": subject or "", "scp": sorted(scopes), "iat": now, "nbf": now - 5,
+        "exp": now + ttl_seconds, "jti": uuid.uuid4().hex,
+        "access": [{"type": "repository", "name": name, "actions": sorted(actions)}
+                   for name, actions in sorted(access.items())],
+    }
+    return jwt.encode(claims, key, algorithm=JWT_ALGORITHM), now
+
+
+def verify_registry_token(key: str, token: str) -> RegistryClaims:
+    try:
+        claims = jwt.decode(token, key, algorithms=[JWT_ALGORITHM], audience=SERVICE, issuer=ISSUER)
+    except jwt.ExpiredSignatureError:
+        raise InvalidTokenError("the registry token has expired") from None
+    except jwt.InvalidTokenError:
+        raise InvalidTokenError("the registry token is not valid") from None
+    access = {entry["name"]: frozenset(entry["actions"]) for entry in claims.get("access", [])
+              if entry.get("type") == "repository"}
+    return RegistryClaims(subject=claims.get("sub") or None, scopes=frozenset(claims.get("scp", [])), access=access)

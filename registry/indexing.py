@@ -1,0 +1,137 @@
+"""Recognising a Modelhall bundle in a pushed manifest and reading its spec and README.
+
+Three shapes are understood:
+
+- a Modelhall bundle: the config blob is the spec as JSON, README.md is in the code layer;
+- plain ``oras push`` of files: a layer titled ``modelhall.yaml`` (and maybe ``README.md``);
+- plain ``oras push`` of a folder: a tar+gzip layer marked for unpacking that holds
+  ``<folder>/modelhall.yaml``.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from modelhall.bundle import mediatypes as mt
+from modelhall.spec import SPEC_FILENAME, Spec, SpecError, parse_spec_json, parse_spec_yaml
+
+MAX_SPEC_BYTES = 1024 * 1024
+MAX_README_BYTES = 512 * 1024
+README_NAMES = ("README.md", "readme.md", "README")
+
+ReadBlob = Callable[[str, int], bytes]
+StreamBlob = Callable[[str], Iterator[bytes]]
+
+
+@dataclass(frozen=True)
+class BundleIndex:
+    spec: Spec
+    readme: str | None
+
+
+class BundleSpecInvalid(ValueError):
+    pass
+
+
+def index_manifest(manifest: dict[str, Any], read_blob: ReadBlob, stream_blob: StreamBlob) -> BundleIndex | None:
+    """The bundle's spec and README, None for an artifact that is no bundle.
+
+    Raises :class:`BundleSpecInvalid` (with the field-naming message) for a bundle whose spec is wrong.
+    """
+    layers = manifest.get("layers") or []
+    config = manifest.get("config") or {}
+    try:
+        if manifest.get("artifactType") == mt.BUNDLE_ARTIFACT_TYPE or config.get("mediaType") == mt.SPEC_MEDIA_TYPE:
+            spec = parse_spec_json(read_blob(config["digest"], MAX_SPEC_BYTES), source="config")
+            code = next((layer for layer in layers if layer.get("mediaType") == mt.CODE_MEDIA_TYPE), None)
+            readme = _readme_in_tar(stream_blob(code["digest"]), prefix="") if code else None
+            return BundleIndex(spec, readme)
+        titled = {_title(layer): layer for layer in layers if _title(layer)}
+        if SPEC_FILENAME in titled:
+            spec = parse_spec_yaml(_text(read_blob(titled[SPEC_FILENAME]["digest"], MAX_SPEC_BYTES)))
+            readme_layer = next((titled[name] for name in README_NAMES if name in titled), None)
+            readme = _text(read_blob(readme_layer["digest"], MAX_README_BYTES)) if readme_layer else None
+            return BundleIndex(spec, readme)
+        for title, layer in titled.items():
+            if (layer.get("annotations") or {}).get(mt.ANNOTATION_ORAS_UNPACK) == "true":
+                found = _bundle_in_folder_layer(stream_blob(layer["digest"]), title)
+                if found:
+                    return found
+    except SpecError as error:
+        raise BundleSpecInvalid(str(error)) from None
+    return None
+
+
+def _title(layer: dict[str, Any]) -> str | None:
+    return (layer.get("annotations") or {}).get(mt.ANNOTATION_TITLE)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over a blob's chunks, so tarfile can stream it without a temp file."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _members(chunks: Iterator[bytes]) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks)), mode="r|*") as archive:
+            for member in archive:
+                yield member, archive
+    except (tarfile.TarError, EOFError, zlib.error):
+        return
+
+
+def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes | None:
+    if not member.isfile() or member.size > limit:
+        return None
+    extracted = archive.extractfile(member)
+    return extracted.read() if extracted else None
+
+
+def _readme_in_tar(chunks: Iterator[bytes], prefix: str) -> str | None:
+    names = {prefix + name for name in README_NAMES}
+    for member, archive in _members(chunks):
+        if member.name.removeprefix("./") in names:
+            content = _read_member(archive, member, MAX_README_BYTES)
+            return _text(content) if content is not None else None
+    return None
+
+
+def _bundle_in_folder_layer(chunks: Iterator[bytes], folder: str) -> BundleIndex | None:
+    spec_text = readme = None
+    readme_names = {f"{folder}/{name}" for name in README_NAMES}
+    for member, archive in _members(chunks):
+        name = member.name.removeprefix("./")
+        if name == f"{folder}/{SPEC_FILENAME}":
+            content = _read_member(archive, member, MAX_SPEC_BYTES)
+            spec_text = _text(content) if content is not None else None
+        elif name in readme_names:
+            content = _read_member(archive, member, MAX_README_BYTES)
+            readme = _text(content) if content is not None else None
+    if spec_text is None:
+        return None
+    return BundleIndex(parse_spec_yaml(spec_text), readme)

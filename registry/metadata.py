@@ -1,0 +1,106 @@
+"""Reading and writing the registry's records: repositories, blob links, manifests, tags.
+
+Writes that concurrent pushes may race on (a new repository, a blob linked twice, a
+manifest pushed twice) are idempotent inserts, so two replicas never fail each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from modelhall.registry.auth.policy import namespace_of
+from modelhall.registry.db.models import Base, BlobLink, Manifest, Repository, Tag, utcnow
+
+
+def insert_ignoring_duplicates(db: Session, model: type[Base], values: dict[str, Any]) -> None:
+    """``INSERT … ON CONFLICT DO NOTHING`` in the dialect of the session's database."""
+    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
+    db.execute(dialect.insert(model).values(**values).on_conflict_do_nothing())
+
+
+def create_repository(db: Session, name: str) -> Repository:
+    insert_ignoring_duplicates(db, Repository, {
+        "name": name, "namespace": namespace_of(name), "visibility": "private", "description": "",
+        "created_at": utcnow(), "updated_at": utcnow(),
+    })
+    return db.scalars(select(Repository).where(Repository.name == name)).one()
+
+
+def link_blob(db: Session, repository: Repository, digest: str, size: int) -> None:
+    insert_ignoring_duplicates(db, BlobLink, {
+        "repository_id": repository.id, "digest": digest, "size": size, "created_at": utcnow(),
+    })
+
+
+def linked_blob(db: Session, repository: Repository, digest: str) -> BlobLink | None:
+    return db.get(BlobLink, (repository.id, digest))
+
+
+def unlink_blob(db: Session, repository: Repository, digest: str) -> bool:
+    """Unlink a blob; True when no repository links it any more."""
+    db.execute(delete(BlobLink).where(BlobLink.repository_id == repository.id, BlobLink.digest == digest))
+    return db.scalar(select(func.count()).select_from(BlobLink).where(BlobLink.digest == digest)) == 0
+
+
+def find_manifest(db: Session, repository: Repository, digest: str) -> Manifest | None:
+    return db.scalar(select(Manifest).where(Manifest.repository_id == repository.id, Manifest.digest == digest))
+
+
+def resolve_tag(db: Session, repository: Repository, tag: str) -> str | None:
+    record = db.get(Tag, (repository.id, tag))
+    return record.digest if record else None
+
+
+def save_manifest(db: Session, repository: Repository, values: dict[str, Any]) -> Manifest:
+    insert_ignoring_duplicates(db, Manifest, {"repository_id": repository.id, "created_at": utcnow(), **values})
+    manifest = find_manifest(db, repository, values["digest"])
+    assert manifest is not None
+    return manifest
+
+
+def set_tag(db: Session, repository: Repository, tag: str, digest: str) -> None:
+    record = db.get(Tag, (repository.id, tag))
+    if record is None:
+        insert_ignoring_duplicates(db, Tag, {"repository_id": repository.id, "name": tag, "digest": digest,
+                                             "updated_at": utcnow()})
+        record = db.get(Tag, (repository.id, tag))
+    assert record is not None
+    record.digest = digest
+    record.updated_at = utcnow()
+    repository.updated_at = utcnow()
+
+
+def delete_tag(db: Session, repository: Repository, tag: str) -> None:
+    db.execute(delete(Tag).where(Tag.repository_id == repository.id, Tag.name == tag))
+
+
+def tags_of(db: Session, repository: Repository, after: str | None = None, limit: int | None = None) -> list[str]:
+    query = select(Tag.name).where(Tag.repository_id == repository.id).order_by(Tag.name)
+    if after:
+        query = query.where(Tag.name > after)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(db.scalars(query))
+
+
+def delete_manifest(db: Session, repository: Repository, digest: str) -> bool:
+    """Delete a manifest and the tags naming it; True when no repository keeps its bytes."""
+    db.execute(delete(Tag).where(Tag.repository_id == repository.id, Tag.digest == digest))
+    db.execute(delete(Manifest).where(Manifest.repository_id == repository.id, Manifest.digest == digest))
+    others = db.scalar(select(func.count()).select_from(Manifest).where(Manifest.digest == digest))
+    return others == 0 and linked_anywhere(db, digest) is False
+
+
+def linked_anywhere(db: Session, digest: str) -> bool:
+    return db.scalar(select(func.count()).select_from(BlobLink).where(BlobLink.digest == digest)) > 0
+
+
+def referrers_of(db: Session, repository: Repository, subject: str, artifact_type: str | None) -> list[Manifest]:
+    query = select(Manifest).where(Manifest.repository_id == repository.id, Manifest.subject == subject)
+    if artifact_type:
+        query = query.where(Manifest.artifact_type == artifact_type)
+    return list(db.scalars(query.order_by(Manifest.created_at, Manifest.digest)))

@@ -1,0 +1,54 @@
+"""Repository names, and turning the policy's decision into OCI answers."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import Request
+from sqlalchemy.orm import Session
+
+from modelhall.registry.auth.policy import Action, Outcome, decide
+from modelhall.registry.auth.principal import Principal
+from modelhall.registry.auth.tokens import SERVICE
+from modelhall.registry.db.models import Repository
+from modelhall.registry.metadata import create_repository
+from modelhall.registry.oci.errors import OCIError
+
+COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+NAME_PATTERN = re.compile(rf"^{COMPONENT}(?:/{COMPONENT})+$")
+MAX_NAME_LENGTH = 255
+CHALLENGE_ACTIONS = {Action.PULL: "pull", Action.PUSH: "pull,push", Action.DELETE: "delete"}
+
+
+def validate_name(name: str) -> None:
+    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.match(name):
+        raise OCIError("NAME_INVALID", f"repository names look like owner/name in lower case, not {name[:80]!r}")
+
+
+def challenge(request: Request, scope: str | None = None, error: str | None = None) -> dict[str, str]:
+    """The ``WWW-Authenticate`` header that starts the Docker token flow."""
+    realm = str(request.base_url).rstrip("/") + "/token"
+    value = f'Bearer realm="{realm}",service="{SERVICE}"'
+    if scope:
+        value += f',scope="{scope}"'
+    if error:
+        value += f',error="{error}"'
+    return {"WWW-Authenticate": value}
+
+
+def require(request: Request, db: Session, principal: Principal, name: str, action: Action) -> Repository:
+    """The repository ``name`` if ``principal`` may do ``action`` to it, else the OCI error.
+
+    A push to a repository that does not exist yet creates it, private.
+    """
+    validate_name(name)
+    outcome, repository = decide(db, principal, name, action)
+    if outcome is Outcome.CHALLENGE:
+        scope = f"repository:{name}:{CHALLENGE_ACTIONS[action]}"
+        error = "insufficient_scope" if principal.presented_credentials else None
+        raise OCIError("UNAUTHORIZED", headers=challenge(request, scope, error))
+    if outcome is Outcome.NOT_FOUND:
+        raise OCIError("NAME_UNKNOWN", name)
+    if outcome is Outcome.DENIED:
+        raise OCIError("DENIED", f"you may not {action.value} {name}")
+    return repository or create_repository(db, name)
