@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import io
 import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from modelhall.bundle import mediatypes as mt
+from modelhall.bundle.unpack import ARCHIVE_READ_ERRORS, open_tar_gz_stream
 from modelhall.spec import SPEC_FILENAME, Spec, SpecError, parse_spec_json, parse_spec_yaml
 
 MAX_SPEC_BYTES = 1024 * 1024
@@ -97,11 +97,12 @@ class _ChunkReader(io.RawIOBase):
 
 
 def _members(chunks: Iterator[bytes]) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    """Members of a tar+gzip blob; an unreadable one simply has no README or spec to find."""
     try:
-        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks)), mode="r|*") as archive:
+        with open_tar_gz_stream(io.BufferedReader(_ChunkReader(chunks))) as archive:
             for member in archive:
                 yield member, archive
-    except (tarfile.TarError, EOFError, zlib.error):
+    except ARCHIVE_READ_ERRORS:
         return
 
 

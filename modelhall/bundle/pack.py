@@ -83,7 +83,7 @@ def pack_bundle(directory: Path, source: str | None = None) -> Iterator[PackedBu
     directory = directory.resolve()
     spec = load_spec_file(directory)
     files = list_bundle_files(directory)
-    weight_matcher = pathspec.PathSpec.from_lines("gitwildmatch", spec.files.weights)
+    weight_matcher = pathspec.GitIgnoreSpec.from_lines(spec.files.weights)
     weights = [f for f in files if weight_matcher.match_file(f)]
     code = [f for f in files if f not in set(weights)]
     with tempfile.TemporaryDirectory(prefix="modelhall-pack-") as scratch:
@@ -115,7 +115,7 @@ def list_bundle_files(directory: Path) -> list[str]:
     ignore_file = directory / IGNORE_FILENAME
     if ignore_file.exists():
         patterns += ignore_file.read_text().splitlines()
-    ignored = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+    ignored = pathspec.GitIgnoreSpec.from_lines(patterns)
     files = []
     for root, dirs, names in os.walk(directory):
         relative_root = Path(root).relative_to(directory)

@@ -8,6 +8,7 @@ archive leaves nothing behind.
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import tarfile
 import tempfile
@@ -61,12 +62,27 @@ class _Budget:
             raise UnsafeArchiveError(f"expands past the limit of {self.limits.max_bytes} bytes (at {name!r})")
 
 
+ARCHIVE_READ_ERRORS = (tarfile.ReadError, gzip.BadGzipFile, EOFError, zlib.error)
+
+
+@contextmanager
+def open_tar_gz_stream(stream: BinaryIO) -> Iterator[tarfile.TarFile]:
+    """Read a tar+gzip stream front to back, without seeking.
+
+    gzip is undone by :mod:`gzip` rather than tarfile's ``r|gz``, whose header parser
+    fails on a truncated stream with a TypeError instead of a read error.
+    Errors while reading are one of :data:`ARCHIVE_READ_ERRORS`.
+    """
+    with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped, tarfile.open(fileobj=unzipped, mode="r|") as archive:
+        yield archive
+
+
 def extract_tar(stream: BinaryIO, target: Path, limits: UnpackLimits = UnpackLimits(),
                 budget: _Budget | None = None) -> None:
-    """Extract a (possibly gzipped) tar stream into the existing directory ``target``."""
+    """Extract a tar+gzip stream into the existing directory ``target``."""
     budget = budget or _Budget(limits)
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as archive:
+        with open_tar_gz_stream(stream) as archive:
             for member in archive:
                 safe_relative_path(member.name)
                 budget.spend(member.name, member.size)
@@ -75,7 +91,7 @@ def extract_tar(stream: BinaryIO, target: Path, limits: UnpackLimits = UnpackLim
                 except tarfile.FilterError as error:
                     raise UnsafeArchiveError(f"{member.name!r}: {_filter_reason(error)}") from None
                 archive.extract(accepted, target, filter="fully_trusted")
-    except (tarfile.ReadError, EOFError, zlib.error) as error:
+    except ARCHIVE_READ_ERRORS as error:
         raise UnsafeArchiveError(f"not a readable tar archive: {error}") from None
 
 

@@ -102,7 +102,8 @@ def _problem(detail: dict[str, Any], root: yaml.Node | None) -> SpecProblem:
     elif kind == "extra_forbidden":
         message = "is not a known field"
     elif kind == "literal_error":
-        message = f"{_shown(detail.get('input'))} is not one of {ctx.get('expected', '').replace(chr(39), '')}"
+        allowed = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        message = f"{_shown(detail.get('input'))} is not one of {allowed}"
     else:
         message = detail["msg"].removeprefix("Value error, ")
     return SpecProblem(_render_path(loc), message, _line_of(root, loc))

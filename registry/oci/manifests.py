@@ -114,7 +114,7 @@ def _store_manifest(name: str, reference: str, body: bytes, request: Request, db
     if index and index.spec.description and not repository.description:
         repository.description = index.spec.description
     db.commit()
-    headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest, "Content-Length": "0"}
+    headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
     if subject:
         headers["OCI-Subject"] = subject
     return Response(status_code=201, headers=headers)

@@ -46,13 +46,12 @@ def progress_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
         "Location": upload_location(name, upload_id),
         "Range": f"0-{max(size - 1, 0)}",
         "Docker-Upload-UUID": upload_id,
-        "Content-Length": "0",
     }
 
 
 def blob_created(name: str, digest: str) -> Response:
     return Response(status_code=201, headers={"Location": f"/v2/{name}/blobs/{digest}",
-                                              "Docker-Content-Digest": digest, "Content-Length": "0"})
+                                              "Docker-Content-Digest": digest})
 
 
 async def receive_body(request: Request, writer: BlobWriter, expected: int | None = None) -> None:

@@ -1,0 +1,3 @@
+from modelhall.cli import app
+
+app()
