@@ -4,7 +4,7 @@ Three shapes are understood:
 
 - a Modelhall bundle: the config blob is the spec as JSON, README.md is in the code layer;
 - plain ``oras push`` of files: a layer titled ``modelhall.yaml`` (and maybe ``README.md``);
-- plain ``oras push`` of a folder: a tar+gzip layer marked for unpacking that holds
+- plain ``oras push`` of a folder: a tar+gzip layer titled with the folder that holds
   ``<folder>/modelhall.yaml``.
 """
 
@@ -58,7 +58,7 @@ def index_manifest(manifest: dict[str, Any], read_blob: ReadBlob, stream_blob: S
             readme = _text(read_blob(readme_layer["digest"], MAX_README_BYTES)) if readme_layer else None
             return BundleIndex(spec, readme)
         for title, layer in titled.items():
-            if (layer.get("annotations") or {}).get(mt.ANNOTATION_ORAS_UNPACK) == "true":
+            if mt.is_folder_archive(layer):
                 found = _bundle_in_folder_layer(stream_blob(layer["digest"]), title)
                 if found:
                     return found

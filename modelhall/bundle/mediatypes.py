@@ -25,3 +25,15 @@ ANNOTATION_SOURCE = "org.opencontainers.image.source"
 ANNOTATION_ORAS_UNPACK = "io.deis.oras.content.unpack"
 
 CODE_LAYER_TITLE = "code.tar.gz"
+
+
+def is_folder_archive(layer: dict[str, object]) -> bool:
+    """A directory packed as tar+gzip: a bundle's code layer, or a folder pushed by oras.
+
+    oras marks folders with an unpack annotation; oras-py drops it and leaves only the
+    tar+gzip media type and a title.
+    """
+    annotations = layer.get("annotations") or {}
+    assert isinstance(annotations, dict)
+    return (layer.get("mediaType") in (CODE_MEDIA_TYPE, OCI_LAYER_TAR_GZIP)
+            or annotations.get(ANNOTATION_ORAS_UNPACK) == "true")

@@ -136,7 +136,7 @@ def unpack_layers(manifest: dict[str, Any], open_blob: Callable[[str], BinaryIO]
         for layer in manifest.get("layers", []):
             annotations = layer.get("annotations") or {}
             with open_blob(layer["digest"]) as stream:
-                if layer.get("mediaType") == mt.CODE_MEDIA_TYPE or annotations.get(mt.ANNOTATION_ORAS_UNPACK) == "true":
+                if mt.is_folder_archive(layer):
                     extract_tar(stream, staging, limits, budget)
                 elif mt.ANNOTATION_TITLE in annotations:
                     _write_file(stream, staging, annotations[mt.ANNOTATION_TITLE], layer.get("size", 0), budget)

@@ -57,9 +57,6 @@ def permitted_actions(db: Session, principal: Principal, name: str, repository: 
         actions = {action for action in Action if TOKEN_SCOPE_FOR[action] in principal.scopes}
     if repository is not None and repository.is_public:
         actions.add(Action.PULL)
-    if repository is None:
-        actions.discard(Action.PULL)
-        actions.discard(Action.DELETE)
     if honour_grants and principal.grants is not None:
         actions &= {Action(a) for a in principal.grants.get(name, frozenset()) if a in Action.__members__.values()}
     return frozenset(actions)

@@ -51,4 +51,8 @@ def require(request: Request, db: Session, principal: Principal, name: str, acti
         raise OCIError("NAME_UNKNOWN", name)
     if outcome is Outcome.DENIED:
         raise OCIError("DENIED", f"you may not {action.value} {name}")
-    return repository or create_repository(db, name)
+    if repository is not None:
+        return repository
+    if action is Action.PUSH:
+        return create_repository(db, name)
+    raise OCIError("NAME_UNKNOWN", name)
