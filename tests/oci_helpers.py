@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from modelhall.bundle import PackedBundle
 from modelhall.bundle import mediatypes as mt
 
 
@@ -50,3 +51,16 @@ def push_image(client: httpx.Client, repository: str, reference: str, config: by
                           headers={"Content-Type": mt.OCI_MANIFEST})
     assert response.status_code == 201, response.text
     return response.headers["docker-content-digest"], body
+
+
+def push_packed(client: httpx.Client, repository: str, tag: str, packed: PackedBundle) -> str:
+    """Push a packed bundle blob by blob, as the CLI would; returns the manifest digest."""
+    for blob in packed.blobs:
+        with blob.open() as stream:
+            response = client.post(f"/v2/{repository}/blobs/uploads/", params={"digest": blob.digest},
+                                   content=stream.read())
+        assert response.status_code == 201, response.text
+    response = client.put(f"/v2/{repository}/manifests/{tag}", content=packed.manifest,
+                          headers={"Content-Type": mt.OCI_MANIFEST})
+    assert response.status_code == 201, response.text
+    return response.headers["docker-content-digest"]

@@ -15,7 +15,7 @@ import pytest
 from conftest import RegistryServer
 from modelhall.bundle import mediatypes as mt
 from modelhall.bundle import pack_bundle
-from oci_helpers import http, sha256
+from oci_helpers import http, push_packed, sha256
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "hello"
 
@@ -106,10 +106,7 @@ def _manifest_for(registry: RegistryServer, token: str, user: str, spec_file: Pa
 def test_oras_pulls_a_bundle_pushed_by_modelhall(registry: RegistryServer, tmp_path: Path) -> None:
     user, token = registry.user()
     with pack_bundle(TEMPLATE) as packed, http(registry.url, token) as client:
-        for blob in packed.blobs:
-            with blob.open() as stream:
-                client.post(f"/v2/{user}/hello/blobs/uploads/", params={"digest": blob.digest}, content=stream.read())
-        client.put(f"/v2/{user}/hello/manifests/v1", content=packed.manifest, headers={"Content-Type": mt.OCI_MANIFEST})
+        push_packed(client, f"{user}/hello", "v1", packed)
         expected_weights = (TEMPLATE / "weights" / "greetings.json").read_bytes()
     oras_client(registry, user, token).pull(target=f"{registry.host}/{user}/hello:v1", outdir=str(tmp_path / "out"))
     assert (tmp_path / "out" / "weights" / "greetings.json").read_bytes() == expected_weights
