@@ -17,10 +17,14 @@ LATEST_TAG = "latest"
 
 
 def visible_repository(db: Session, principal: Principal, name: str, action: Action = Action.PULL) -> Repository:
+    """The repository if ``principal`` may do ``action``; reading what one may not see is a 404.
+
+    (Unlike the OCI API, no client here needs a 401 to start a token flow.)
+    """
     outcome, repository = decide(db, principal, name, action)
     if outcome is Outcome.ALLOW and repository is not None:
         return repository
-    if outcome is Outcome.CHALLENGE:
+    if outcome is Outcome.CHALLENGE and action is not Action.PULL:
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
     if outcome is Outcome.DENIED:
         raise HTTPException(403, f"you may not {action.value} {name}")
