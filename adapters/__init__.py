@@ -1,0 +1,1 @@
+"""The edges: one module per outside system (blob storage; runtimes and model adapters to come)."""

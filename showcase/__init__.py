@@ -1,0 +1,1 @@
+"""What people see: spec → Gradio demo, the model server, the Streamlit gallery."""

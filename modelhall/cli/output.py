@@ -16,8 +16,8 @@ from modelhall.client.errors import NotFoundError, NotLoggedInError, RegistryErr
 from modelhall.client.reference import InvalidReferenceError
 from modelhall.spec import SpecError
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 

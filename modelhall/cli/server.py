@@ -14,16 +14,23 @@ from modelhall.cli.output import console
 
 def up(host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
        port: Annotated[int, typer.Option(help="port to listen on")] = 8600,
-       data_dir: Annotated[Path | None, typer.Option("--data-dir", help="default MODELHALL_DATA_DIR")] = None) -> None:
+       data_dir: Annotated[Path | None, typer.Option("--data-dir", help="default MODELHALL_DATA_DIR")] = None,
+       demo: Annotated[bool, typer.Option("--demo", help="push the starter bundles as demo/<name>")] = False) -> None:
     """Start the registry (runtime and gallery join it as they land)."""
     if data_dir is not None:
         os.environ["MODELHALL_DATA_DIR"] = str(data_dir)
-    os.environ.setdefault("MODELHALL_URL", f"http://{host}:{port}")
+    url = f"http://{host}:{port}"
+    os.environ.setdefault("MODELHALL_URL", url)
     from modelhall.registry.app import create_app
 
     app = create_app()
-    settings = app.state.context.settings
-    console.print(f"Modelhall registry on http://{host}:{port}  (data in {settings.data_dir.resolve()})\n"
-                  f"  OCI API   http://{host}:{port}/v2/\n  REST API  http://{host}:{port}/api/v1/repos\n"
-                  f"  API docs  http://{host}:{port}/docs", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    context = app.state.context
+    console.print(f"Modelhall registry on {url}  (data in {context.settings.data_dir.resolve()})\n"
+                  f"  OCI API   {url}/v2/\n  REST API  {url}/api/v1/repos\n  API docs  {url}/docs", highlight=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    if demo:
+        from modelhall.cli.demo import start_seeding
+
+        start_seeding(server, context, url, console)
+    server.run()
