@@ -27,7 +27,7 @@ from pathlib import Path
 from modelhall.adapters.storage.base import BlobNotFoundError, DigestMismatchError, UploadNotFoundError
 from modelhall.bundle.digests import parse_digest
 
-READ_SIZE = 1024 * 1024
+READ_SIZE = 4 * 1024 * 1024
 MAX_CACHED_HASHERS = 256
 
 
