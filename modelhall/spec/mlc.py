@@ -33,11 +33,24 @@ def from_mlc_config(data: dict[str, Any]) -> dict[str, Any]:
     model.pop("exec_cmd", None)
     model.pop("fileType", None)
     if "input" in model:
-        typed["inputs"] = [_mlc_input(model.pop("input"))]
+        typed["inputs"] = _merge(typed.get("inputs"), _mlc_input(model.pop("input")), "destination")
     if "output" in model:
-        typed["outputs"] = [_mlc_output(model.pop("output"))]
+        typed["outputs"] = _merge(typed.get("outputs"), _mlc_output(model.pop("output")), "path")
     if model:
         typed["model"] = model  # leftover keys: reported as unknown fields under model
+    return typed
+
+
+def _merge(typed: Any, mapped: Any, location: str) -> Any:
+    """Typed ``inputs``/``outputs`` win over the paper's single one, which lends them its location.
+
+    So a paper-style config can say ``type: image`` where the paper could only say ``download``.
+    """
+    if not isinstance(typed, list) or not typed:
+        return [mapped]
+    first = typed[0]
+    if isinstance(first, dict) and isinstance(mapped, dict) and mapped.get(location) and not first.get(location):
+        return [{**first, location: mapped[location]}, *typed[1:]]
     return typed
 
 

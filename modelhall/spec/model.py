@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from modelhall.spec.fields import Input, Output, parse_size
 from modelhall.spec.mlc import from_mlc_config, is_mlc_config
+from modelhall.spec.tasks import with_task_defaults
 
 NAME_PATTERN = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
 
@@ -21,6 +22,8 @@ class Runtime(_Section):
     entrypoint: str | None = Field(default=None, description="file.py:function or file.py:Class")
     command: str | None = Field(default=None, description="shell command for the command adapter")
     workdir: str | None = None
+    model: str = Field(default=".", description="folder of the Hugging Face model inside the bundle")
+    gguf_file: str | None = Field(default=None, description="a GGUF file in that folder to load the model from")
     timeout: float = Field(default=300, gt=0, description="seconds one prediction may take")
     network: bool = False
 
@@ -106,8 +109,10 @@ class Spec(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _accept_mlc_config(cls, data: Any) -> Any:
-        return from_mlc_config(data) if is_mlc_config(data) else data
+    def _accept_mlc_config_and_task_defaults(cls, data: Any) -> Any:
+        if is_mlc_config(data):
+            data = from_mlc_config(data)
+        return with_task_defaults(data) if isinstance(data, dict) else data
 
     @field_validator("version", mode="before")
     @classmethod

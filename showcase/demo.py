@@ -1,0 +1,79 @@
+"""The spec → a ``gradio.Blocks`` demo: inputs, a run button, outputs, examples, the model card.
+
+The run button's API is ``/predict`` (``gradio_client``: ``client.predict(..., api_name="/predict")``)
+with the inputs positionally in the spec's order, and returns the outputs in the spec's order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from modelhall.adapters.models import ModelError
+from modelhall.showcase.components import input_component, output_component
+from modelhall.showcase.runner import ModelRunner, NotReadyError
+from modelhall.showcase.values import FILE_TYPES, InputError, to_gradio
+from modelhall.spec import Spec
+
+API_NAME = "predict"
+
+
+def _header(spec: Spec, digest: str | None) -> str:
+    lines = [f"# {spec.name}", spec.description or ""]
+    facts = [f"version **{spec.version}**"]
+    if spec.task:
+        facts.append(f"task **{spec.task}**")
+    if spec.framework:
+        facts.append(f"framework **{spec.framework}**")
+    facts.append(f"answered by `{digest}`" if digest else "running from a local folder (no pushed digest)")
+    return "\n\n".join([*lines, " · ".join(facts)])
+
+
+def _examples(spec: Spec, bundle: Path) -> list[list[Any]]:
+    rows = []
+    for example in spec.examples:
+        row = []
+        for field in spec.inputs:
+            value = example.get(field.name, getattr(field, "default", None))
+            if isinstance(field, FILE_TYPES) and value is not None:
+                value = str((bundle / value).resolve())
+            row.append(value)
+        rows.append(row)
+    return rows
+
+
+def build_demo(runner: ModelRunner, model_card: str | None) -> gr.Blocks:
+    spec = runner.spec
+
+    def run(*values: Any) -> Any:
+        raw = {}
+        for field, value in zip(spec.inputs, values, strict=True):
+            raw[field.name] = Path(value) if isinstance(field, FILE_TYPES) and isinstance(value, str) else value
+        try:
+            prediction = runner.predict(raw)
+        except InputError as error:
+            raise gr.Error(str(error), title="Check the input") from None
+        except NotReadyError as error:
+            raise gr.Error(f"The model is not ready: {error}", title="Starting…") from None
+        except ModelError as error:
+            raise gr.Error(f"The model failed: {error}", title="Model error") from None
+        result = to_gradio(spec, prediction.outputs)
+        return result[0] if len(result) == 1 else result
+
+    with gr.Blocks(title=f"{spec.name} · Modelhall") as demo:
+        gr.Markdown(_header(spec, runner.digest))
+        with gr.Row():
+            with gr.Column():
+                inputs = [input_component(field) for field in spec.inputs]
+                button = gr.Button("Run", variant="primary")
+            with gr.Column():
+                outputs = [output_component(field) for field in spec.outputs]
+        if spec.examples:
+            gr.Examples(examples=_examples(spec, runner.bundle), inputs=inputs)
+        if model_card:
+            with gr.Accordion("Model card", open=False):
+                gr.Markdown(model_card)
+        button.click(run, inputs=inputs, outputs=outputs, api_name=API_NAME)
+    return demo

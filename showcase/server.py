@@ -1,0 +1,117 @@
+"""The model server: the generated demo at ``/``, and beside it a JSON API.
+
+- ``POST /predict``: ``{"inputs": {...}}`` as JSON (files as base64, a data: URL or
+  ``{data, name}``), or multipart form fields and files. Bad input is a 422 naming the
+  field; a model failure is a 500 and the server keeps serving.
+- ``GET /spec``: the spec and the JSON Schema of a predict request.
+- ``GET /healthz``: 200 once the model is loaded; 503 while starting or after a failed load.
+- ``GET /metrics``: Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from huggingface_hub import ModelCard
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from modelhall.adapters.models import ModelError
+from modelhall.showcase.demo import build_demo
+from modelhall.showcase.runner import Health, ModelRunner, NotReadyError
+from modelhall.showcase.values import InputError, Upload, coerce_text_values, request_schema, to_json
+from modelhall.spec import load_spec_file
+
+RETRY_AFTER_SECONDS = "5"
+
+
+def read_model_card(bundle: Path) -> str | None:
+    """The README's text without its YAML metadata, read the way the Hugging Face Hub reads it."""
+    readme = bundle / "README.md"
+    return ModelCard.load(readme).text.strip() if readme.exists() else None
+
+
+def create_server(bundle: Path, digest: str | None = None, scratch: Path | None = None) -> FastAPI:
+    bundle = bundle.resolve()
+    spec = load_spec_file(bundle)
+    scratch = scratch or Path(tempfile.mkdtemp(prefix="modelhall-serve-"))
+    runner = ModelRunner(spec, bundle, scratch, digest)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        runner.start_loading()
+        yield
+
+    app = FastAPI(title=f"{spec.name} · Modelhall model server", lifespan=lifespan)
+    app.state.runner = runner
+    _add_api_routes(app, runner)
+    return gr.mount_gradio_app(app, build_demo(runner, read_model_card(bundle)), path="/",
+                               allowed_paths=[str(bundle), str(scratch)], footer_links=["api"])
+
+
+def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"message": message}
+    if field:
+        body["field"] = field
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+async def _request_inputs(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form()
+        inputs: dict[str, Any] = {}
+        for name, value in form.multi_items():
+            inputs[name] = Upload(await value.read(), value.filename) if isinstance(value, UploadFile) else value
+        return inputs
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InputError("inputs", "the body must be JSON like {\"inputs\": {...}} or a multipart form") from None
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), dict):
+        raise InputError("inputs", "the body must be a JSON object with an \"inputs\" object")
+    return body["inputs"]
+
+
+def _add_api_routes(app: FastAPI, runner: ModelRunner) -> None:
+    spec = runner.spec
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            inputs = await _request_inputs(request)
+            if not request.headers.get("content-type", "").startswith("application/json"):
+                inputs = coerce_text_values(spec, inputs)
+            prediction = await run_in_threadpool(runner.predict, inputs)
+        except InputError as error:
+            return _error(422, error.message, error.field)
+        except NotReadyError as error:
+            return _error(503, f"the model is not ready: {error}", headers={"Retry-After": RETRY_AFTER_SECONDS})
+        except ModelError as error:
+            return _error(500, f"the model failed: {error}")
+        return JSONResponse({"outputs": to_json(spec, prediction.outputs), "digest": runner.digest,
+                             "duration_ms": round(prediction.seconds * 1000, 3)})
+
+    @app.get("/spec")
+    def get_spec() -> dict[str, Any]:
+        return {"spec": spec.to_json_dict(), "digest": runner.digest, "request_schema": request_schema(spec)}
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        body = {"status": runner.health.value, "model": spec.name, "digest": runner.digest}
+        if runner.error:
+            body["error"] = runner.error
+        ready = runner.health is Health.READY
+        return JSONResponse(body, status_code=200 if ready else 503,
+                            headers=None if ready else {"Retry-After": RETRY_AFTER_SECONDS})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(runner.metrics.registry), media_type=CONTENT_TYPE_LATEST)
