@@ -63,7 +63,7 @@ def output_component(field: Any) -> gr.components.Component:
         f.NumberOutput: lambda: gr.Number(interactive=False, **_common(field)),
         f.JsonOutput: lambda: gr.JSON(**_common(field)),
         f.LabelOutput: lambda: gr.Label(num_top_classes=field.top_k, **_common(field)),
-        f.ImageOutput: lambda: gr.Image(type="pil", interactive=False, **_common(field)),
+        f.ImageOutput: lambda: gr.Image(type="pil", format="png", interactive=False, **_common(field)),
         f.AudioOutput: lambda: gr.Audio(type="filepath", interactive=False, **_common(field)),
         f.VideoOutput: lambda: gr.Video(interactive=False, **_common(field)),
         f.FileOutput: lambda: gr.File(interactive=False, **_common(field)),

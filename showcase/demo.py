@@ -6,6 +6,7 @@ with the inputs positionally in the spec's order, and returns the outputs in the
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,10 @@ def build_demo(runner: ModelRunner, model_card: str | None) -> gr.Blocks:
             raise gr.Error(f"The model failed: {error}", title="Model error") from None
         result = to_gradio(spec, prediction.outputs)
         return result[0] if len(result) == 1 else result
+
+    # Gradio names the API's parameters after the function's: give it the spec's input names.
+    run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for field in spec.inputs])
 
     with gr.Blocks(title=f"{spec.name} · Modelhall") as demo:
         gr.Markdown(_header(spec, runner.digest))

@@ -178,3 +178,55 @@ def isolated_client_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MODELHALL_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("MODELHALL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MODELHALL_TOKEN", raising=False)
+
+
+@dataclass
+class ModelServer:
+    """A ``modelhall serve`` process for one bundle."""
+
+    bundle: Path
+    log: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_within: float = 120) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([*MODELHALL, "serve", str(self.bundle), "--port", str(self.port)],
+                                            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the model server exited with {self.process.returncode}; see {self.log}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the model server was not ready within {ready_within} s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+
+
+def serve_bundle(bundle: Path, log_dir: Path) -> Iterator[ModelServer]:
+    server = ModelServer(bundle=bundle, log=log_dir / f"serve-{bundle.name}.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave what a person may want to look at (screenshots)."""
+    path = Path(__file__).resolve().parent.parent / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path

@@ -64,3 +64,18 @@ def predict(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
                     value.save(saved)
                 rendered[name] = str(saved)
     print(json.dumps(rendered, indent=2))
+
+
+importer = typer.Typer(help="Turn models from elsewhere into bundles.", no_args_is_help=True)
+
+
+@importer.command("hf")
+@friendly_errors
+def import_hf(source: Annotated[str, typer.Argument(help="a local snapshot folder, or a Hub repo id")],
+              directory: Annotated[Path, typer.Argument(help="new bundle directory")]) -> None:
+    """Make a bundle from a Hugging Face model snapshot (config, tokenizer, weights or a GGUF file)."""
+    from modelhall.bundle.from_huggingface import import_huggingface
+
+    spec = import_huggingface(source, directory)
+    console.print(f"created {directory}: {spec.name}, task {spec.task}. Next: `modelhall serve {directory}`",
+                  highlight=False)

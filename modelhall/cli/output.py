@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from modelhall.bundle import PackError, UnsafeArchiveError
+from modelhall.bundle.from_huggingface import HuggingFaceImportError
 from modelhall.client.errors import NotFoundError, NotLoggedInError, RegistryError
 from modelhall.client.reference import InvalidReferenceError
 from modelhall.spec import SpecError
@@ -40,7 +41,7 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except (SpecError, PackError, UnsafeArchiveError, RegistryError, InvalidReferenceError,
-                FileExistsError, httpx.HTTPError) as error:
+                HuggingFaceImportError, FileExistsError, httpx.HTTPError) as error:
             errors.print(f"[red]Error:[/red] {escape(str(error))}", highlight=False)
             hint = hint_for(error)
             if hint:
