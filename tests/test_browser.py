@@ -1,0 +1,117 @@
+"""Generated demos in a real browser: headless Debian Chromium driven by Playwright.
+
+Each starter template is served, its page opened, an input given, Run clicked and the
+output awaited; a screenshot per template lands in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from conftest import ModelServer, require_tool, serve_bundle
+from modelhall.templates import template_path
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+OUTPUT_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = require_tool("chromium", "apt-get install chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def served(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    yield from serve_bundle(template_path(name), tmp_path_factory.mktemp(f"logs-{name}"))
+
+
+@pytest.fixture(scope="module")
+def hello(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    yield from served("hello", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    yield from served("image-classification", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def winter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    yield from served("image-to-image", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    yield from served("text-generation", tmp_path_factory)
+
+
+def run(page: Page) -> None:
+    page.get_by_role("button", name="Run").click()
+
+
+def test_hello_demo_greets(page: Page, hello: ModelServer, artifacts_dir: Path) -> None:
+    page.goto(hello.url)
+    expect(page.get_by_text("Greets whoever you name")).to_be_visible()
+    page.get_by_label("Your name").fill("Grace")
+    page.get_by_label("excited").check()
+    run(page)
+    expect(page.get_by_label("Greeting")).to_have_value("Hello, Grace!!", timeout=OUTPUT_TIMEOUT_MS)
+    page.screenshot(path=str(artifacts_dir / "demo-hello.png"), full_page=True)
+
+
+def test_digit_demo_reads_an_uploaded_digit(page: Page, digits: ModelServer, artifacts_dir: Path) -> None:
+    page.goto(digits.url)
+    page.locator("input[type=file]").first.set_input_files(str(template_path("image-classification") /
+                                                               "examples" / "digit-3.png"))
+    run(page)
+    expect(page.locator("[data-testid=label-output-value]").first).to_contain_text("3", timeout=OUTPUT_TIMEOUT_MS)
+    page.screenshot(path=str(artifacts_dir / "demo-image-classification.png"), full_page=True)
+
+
+def test_winterize_demo_shows_the_result_image(page: Page, winter: ModelServer, artifacts_dir: Path) -> None:
+    page.goto(winter.url)
+    page.locator("input[type=file]").first.set_input_files(str(template_path("image-to-image") / "examples" /
+                                                               "beach.png"))
+    run(page)
+    download = page.get_by_role("link", name="Download")  # the output image, once there is one
+    expect(download).to_have_attribute("href", re.compile(r"/gradio_api/file=.*\.png$"), timeout=OUTPUT_TIMEOUT_MS)
+    page.screenshot(path=str(artifacts_dir / "demo-image-to-image.png"), full_page=True)
+
+
+def test_chat_demo_answers(page: Page, chat: ModelServer, artifacts_dir: Path) -> None:
+    page.goto(chat.url)
+    page.get_by_label("Prompt").fill("What is the capital of France?")
+    run(page)
+    expect(page.get_by_label("Generated text")).to_have_value(re.compile("Paris"), timeout=OUTPUT_TIMEOUT_MS)
+    page.screenshot(path=str(artifacts_dir / "demo-text-generation.png"), full_page=True)
+
+
+def test_a_failing_model_shows_an_error_in_the_page(page: Page, tmp_path_factory: pytest.TempPathFactory) -> None:
+    bundle = tmp_path_factory.mktemp("failing") / "failing"
+    bundle.mkdir()
+    (bundle / "modelhall.yaml").write_text("name: failing\nruntime: {adapter: python, entrypoint: predict.py:predict}\n"
+                                           "inputs: [{name: text, type: text}]\noutputs: [{name: out, type: text}]\n")
+    (bundle / "predict.py").write_text("def predict(text):\n    raise ValueError(f'cannot handle {text}')\n")
+    for server in serve_bundle(bundle, bundle.parent):
+        page.goto(server.url)
+        page.get_by_label("Text").fill("this")
+        run(page)
+        expect(page.get_by_text("The model failed: ValueError: cannot handle this")).to_be_visible(
+            timeout=OUTPUT_TIMEOUT_MS)
