@@ -140,7 +140,7 @@ def limits(bundle: Path, scratch: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    console = Console()
+    console = Console(width=120)
     bundle = make_bundle(ROOT / ".bench" / "bundle")
     os.chdir(bundle)
     with tempfile.TemporaryDirectory(prefix="modelhall-bench-", dir=ROOT / ".bench") as temp:
