@@ -67,7 +67,7 @@ def build_demo(runner: ModelRunner, model_card: str | None) -> gr.Blocks:
     run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for field in spec.inputs])
 
-    with gr.Blocks(title=f"{spec.name} · Modelhall") as demo:
+    with gr.Blocks(title=f"{spec.name} · Modelhall", analytics_enabled=False) as demo:
         gr.Markdown(_header(spec, runner.digest))
         with gr.Row():
             with gr.Column():
