@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time

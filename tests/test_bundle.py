@@ -7,10 +7,7 @@ import json
 import os
 import shutil
 import tarfile
-from contextlib import contextmanager
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 

@@ -54,7 +54,7 @@ def test_digit_classifier_accuracy_on_held_out_digits(tmp_path: Path) -> None:
         sys.path.remove(str(runner.bundle))
     _, x_test, _, y_test = dataset()
     correct = 0
-    for pixels, digit in zip(x_test, y_test):
+    for pixels, digit in zip(x_test, y_test, strict=True):
         path = tmp_path / "digit.png"
         Image.fromarray((255 - pixels[0] * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.NEAREST).save(path)
         correct += next(iter(runner.predict({"image": path}).outputs["digit"])) == str(digit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +92,7 @@ def push_bundle(client: RegistryClient, reference: Reference, packed: PackedBund
 
 
 def _upload_resumable(client: RegistryClient, reference: Reference, digest: str, source: BinaryIO,
-                      sessions: _UploadSessions, advance: Any) -> None:
+                      sessions: _UploadSessions, advance: Callable[[int], None]) -> None:
     key = f"{reference.registry}/{reference.repository}@{digest}"
     location = sessions.get(key)
     offset = client.upload_offset(location) if location else None
@@ -132,7 +132,8 @@ def pull_bundle(client: RegistryClient, reference: Reference, target: Path, cons
     return digest
 
 
-def _download(client: RegistryClient, repository: str, descriptor: dict[str, Any], advance: Any) -> Path:
+def _download(client: RegistryClient, repository: str, descriptor: dict[str, Any],
+              advance: Callable[[int], None]) -> Path:
     """A verified copy of one blob in the local cache, resumed from a partial file if any."""
     digest, size = descriptor["digest"], descriptor["size"]
     algorithm, hex_ = parse_digest(digest)

@@ -33,7 +33,7 @@ def snowfall(size: tuple[int, int], seed: int, density: float) -> Image.Image:
     count = int(width * height * density / 100)
     xs, ys = rng.integers(0, width, count), rng.integers(0, height, count)
     radii = rng.choice([0, 1, 1, 2], count)
-    for x, y, r in zip(xs, ys, radii):
+    for x, y, r in zip(xs, ys, radii, strict=True):
         layer[max(y - r, 0): y + r + 1, max(x - r, 0): x + r + 1] = 1.0
     return Image.fromarray((layer * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.8))
 
