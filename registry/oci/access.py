@@ -54,5 +54,7 @@ def require(request: Request, db: Session, principal: Principal, name: str, acti
     if repository is not None:
         return repository
     if action is Action.PUSH:
-        return create_repository(db, name)
+        repository = create_repository(db, name)
+        db.commit()  # at once: the upload that follows may stream for minutes and must hold no lock
+        return repository
     raise OCIError("NAME_UNKNOWN", name)

@@ -1,0 +1,1 @@
+"""Runtimes: where bundles' environments are built and their model servers run."""
