@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = 4 * 1024 * 1024
     unpack_max_bytes: int = 20 * 1024**3
     unpack_max_members: int = 100_000
+    runtime: str = "local"
+    wake_timeout: float = 120.0
+    reaper_interval: float = 5.0
 
     @classmethod
     def settings_customise_sources(

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from starlette.concurrency import run_in_threadpool
+
+from modelhall.adapters.runtimes.base import Runtime
+from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.storage import open_blob_store
+from modelhall.registry import gateway
 from modelhall.registry.api import repos
 from modelhall.registry.auth import routes as token_routes
 from modelhall.registry.auth.principal import AuthenticationError
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
+from modelhall.registry.deployments import Deployments
 from modelhall.registry.oci import base, blobs, manifests, referrers, tags, uploads
 from modelhall.registry.oci.access import challenge
 from modelhall.registry.oci.errors import OCIError, oci_error_response
 from modelhall.settings import Settings, load_settings
+
+
+def open_runtime(settings: Settings) -> Runtime:
+    if settings.runtime != "local":
+        raise ValueError(f"unsupported runtime {settings.runtime!r}: MODELHALL_RUNTIME=local is the one built so far")
+    return LocalRuntime(settings.data_dir)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,16 +39,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     migrate(engine)
-    app = FastAPI(title="Modelhall registry", version="0.1.0",
-                  description="OCI Distribution API for model bundles, and the Modelhall REST API.")
-    app.state.context = RegistryContext(settings=settings, engine=engine, sessions=make_session_factory(engine),
-                                        store=open_blob_store(settings.storage_url))
+    context = RegistryContext(settings=settings, engine=engine, sessions=make_session_factory(engine),
+                              store=open_blob_store(settings.storage_url))
+    deployments = Deployments(context, open_runtime(settings), wake_timeout=settings.wake_timeout)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(deployments.recover)
+        reaper = asyncio.create_task(deployments.run_reaper(settings.reaper_interval))
+        async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10)) as upstream:
+            app.state.upstream = upstream  # one pool of keep-alive connections to the workers
+            yield
+        reaper.cancel()
+        await run_in_threadpool(deployments.stop_all)
+
+    app = FastAPI(title="Modelhall registry", version="0.1.0", lifespan=lifespan,
+                  description="OCI Distribution API for model bundles, the Modelhall REST API, and the demo gateway.")
+    app.state.context = context
+    app.state.deployments = deployments
     app.add_exception_handler(OCIError, oci_error_response)
     app.add_exception_handler(AuthenticationError, _authentication_failed)
     # Uploads first: /blobs/uploads/ must not be read as a blob named "uploads".
     for module in (base, tags, uploads, blobs, manifests, referrers):
         app.include_router(module.router, tags=["oci"])
     app.include_router(token_routes.router, tags=["auth"])
+    app.include_router(gateway.router)  # before the REST API: /api/v1/repos/{name}/predict is the gateway's
     app.include_router(repos.router)
     return app
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelhall.bundle import mediatypes as mt
-from modelhall.bundle.unpack import ARCHIVE_READ_ERRORS, open_tar_gz_stream
+from modelhall.bundle.unpack import ARCHIVE_READ_ERRORS, IteratorReader, open_tar_gz_stream
 from modelhall.spec import SPEC_FILENAME, Spec, SpecError, parse_spec_json, parse_spec_yaml
 
 MAX_SPEC_BYTES = 1024 * 1024
@@ -75,31 +75,10 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-class _ChunkReader(io.RawIOBase):
-    """A file object over a blob's chunks, so tarfile can stream it without a temp file."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self._chunks = chunks
-        self._pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            self._pending = next(self._chunks, b"")
-            if not self._pending:
-                return 0
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
-
-
 def _members(chunks: Iterator[bytes]) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
     """Members of a tar+gzip blob; an unreadable one simply has no README or spec to find."""
     try:
-        with open_tar_gz_stream(io.BufferedReader(_ChunkReader(chunks))) as archive:
+        with open_tar_gz_stream(io.BufferedReader(IteratorReader(chunks))) as archive:
             for member in archive:
                 yield member, archive
     except ARCHIVE_READ_ERRORS:

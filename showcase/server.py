@@ -32,6 +32,26 @@ from modelhall.spec import load_spec_file
 RETRY_AFTER_SECONDS = "5"
 
 
+class ForwardedPrefix:
+    """ASGI middleware: serve under the public path prefix the gateway names in ``X-Forwarded-Prefix``.
+
+    Gradio builds its URLs from the request's ``root_path``; the gateway reaches one worker
+    under several prefixes (``/demo/alice/x/``, ``/demo/alice/x@v1/``). Workers listen on
+    loopback only, so the header comes from the gateway.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            for name, value in scope.get("headers", []):
+                if name == b"x-forwarded-prefix":
+                    scope = {**scope, "root_path": value.decode("latin-1").rstrip("/")}
+                    break
+        await self.app(scope, receive, send)
+
+
 def read_model_card(bundle: Path) -> str | None:
     """The README's text without its YAML metadata, read the way the Hugging Face Hub reads it."""
     readme = bundle / "README.md"
@@ -50,6 +70,7 @@ def create_server(bundle: Path, digest: str | None = None, scratch: Path | None 
         yield
 
     app = FastAPI(title=f"{spec.name} · Modelhall model server", lifespan=lifespan)
+    app.add_middleware(ForwardedPrefix)
     app.state.runner = runner
     _add_api_routes(app, runner)
     return gr.mount_gradio_app(app, build_demo(runner, read_model_card(bundle)), path="/",

@@ -64,6 +64,7 @@ class RegistryServer:
     database: str | None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -75,7 +76,7 @@ class RegistryServer:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "MODELHALL_DATA_DIR": str(self.data_dir), "MODELHALL_URL": self.url}
+        env = {**os.environ, "MODELHALL_DATA_DIR": str(self.data_dir), "MODELHALL_URL": self.url, **self.extra_env}
         if self.database:
             env["MODELHALL_DATABASE"] = self.database
         return env
@@ -103,6 +104,12 @@ class RegistryServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def crash(self) -> None:
+        """Kill the registry without letting it clean up, as a power cut would."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=15)
 
     def admin(self, *args: str) -> str:
         result = subprocess.run([*MODELHALL, "admin", *args], env=self.env, capture_output=True, text=True, check=True)
@@ -161,10 +168,15 @@ def fresh_registry(database_kind: str, tmp_path: Path) -> Iterator[RegistryServe
     yield from _serve(database_kind, tmp_path / "registry")
 
 
-def _serve(kind: str, data_dir: Path) -> Iterator[RegistryServer]:
+def serve_registry(kind: str, data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[RegistryServer]:
+    """A registry process for a test's own use (``extra_env`` adds settings)."""
+    yield from _serve(kind, data_dir, extra_env)
+
+
+def _serve(kind: str, data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[RegistryServer]:
     databases = _postgres_database() if kind == "postgresql" else iter([None])
     for database in databases:
-        server = RegistryServer(data_dir=data_dir, database=database)
+        server = RegistryServer(data_dir=data_dir, database=database, extra_env=extra_env or {})
         server.start()
         try:
             yield server

@@ -59,12 +59,17 @@ def parse_requirements(text: str, source: str = "requirements.txt") -> tuple[str
 
 @dataclass(frozen=True)
 class EnvironmentSpec:
+    """What an environment is built from. ``provided`` names packages (``name==version``) that
+    come from elsewhere (the platform's own packages) and so are part of its identity, not installed."""
+
     python: str
     requirements: tuple[str, ...]
+    provided: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
-        inputs = json.dumps({"python": self.python, "requirements": self.requirements}, sort_keys=True)
+        inputs = json.dumps({"python": self.python, "requirements": self.requirements, "provided": self.provided},
+                            sort_keys=True)
         return hashlib.sha256(inputs.encode()).hexdigest()[:16]
 
 
@@ -74,6 +79,7 @@ class EnvironmentRecord:
     python: str
     requirements: list[str]
     base: str | None
+    provided: list[str] = field(default_factory=list)
     installed: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -90,6 +96,26 @@ class Environment:
     @property
     def python(self) -> Path:
         return self.path / "bin" / "python"
+
+
+def split_by_installed(requirements: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Requirements this Python's own installed packages do not satisfy, and those they do
+    (as ``name==version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    missing, provided = [], []
+    for line in requirements:
+        requirement = Requirement(line)
+        try:
+            installed = version(requirement.name)
+        except PackageNotFoundError:
+            missing.append(line)
+            continue
+        if requirement.marker is None and requirement.specifier.contains(installed, prereleases=True):
+            provided.append(f"{requirement.name}=={installed}")
+        else:
+            missing.append(line)
+    return tuple(missing), tuple(sorted(provided))
 
 
 def default_python() -> str:
@@ -134,7 +160,8 @@ class EnvironmentBuilder:
     def closest_base(self, spec: EnvironmentSpec) -> EnvironmentRecord | None:
         """The ready environment of the same Python whose requirements are all wanted, and most of them."""
         wanted = set(spec.requirements)
-        candidates = [r for r in self.records() if r.python == spec.python and r.requirement_set <= wanted]
+        candidates = [r for r in self.records() if r.python == spec.python and r.requirement_set <= wanted
+                      and r.provided == list(spec.provided)]
         return max(candidates, key=lambda r: len(r.requirements), default=None)
 
     def ensure(self, spec: EnvironmentSpec) -> Environment:
@@ -154,7 +181,8 @@ class EnvironmentBuilder:
                 self._install(building, missing, log)
             installed = sorted(self._freeze(building) - before)
             record = EnvironmentRecord(key=spec.key, python=spec.python, requirements=list(spec.requirements),
-                                       base=base.key if base else None, installed=installed,
+                                       provided=list(spec.provided), base=base.key if base else None,
+                                       installed=installed,
                                        seconds=round(time.perf_counter() - started, 3))
             try:
                 building.rename(self.root / spec.key)

@@ -9,6 +9,7 @@ archive leaves nothing behind.
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
 import tarfile
 import tempfile
@@ -23,6 +24,27 @@ from modelhall.bundle import mediatypes as mt
 
 DEFAULT_MAX_BYTES = 20 * 1024**3
 DEFAULT_MAX_MEMBERS = 100_000
+
+
+class IteratorReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte chunks (a blob streamed from a store)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
 class UnsafeArchiveError(ValueError):

@@ -18,7 +18,7 @@ from modelhall.cli.output import console, errors, friendly_errors
 def serve(bundle: Annotated[Path, typer.Argument(help="bundle directory")] = Path("."),
           host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port to listen on")] = 8700,
-          digest: Annotated[str | None, typer.Option(help="the pushed digest this folder holds, shown in the demo")] = None
+          digest: Annotated[str | None, typer.Option(help="the pushed digest this folder holds, shown in the demo")] = None,
           ) -> None:
     """Serve a bundle's generated demo and predict API from this environment."""
     from modelhall.showcase.server import create_server

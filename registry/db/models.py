@@ -143,3 +143,43 @@ class UploadSession(Base):
     repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Deployment(Base):
+    """A version (repository + manifest digest) as something that runs: its build, and its workers' desired state.
+
+    Kept here rather than in a runtime's memory so a restarted registry, or another
+    replica, knows what was built and what should be running.
+    """
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(135))
+    build_status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|building|ready|failed
+    build_error: Mapped[str | None] = mapped_column(Text)
+    environment: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="sleeping")  # sleeping|starting|running|failed
+    state_detail: Mapped[str | None] = mapped_column(Text)
+    desired_replicas: Mapped[int] = mapped_column(default=0)
+    last_request_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (UniqueConstraint("repository_id", "digest"),)
+
+
+class Worker(Base):
+    """One model-server process of a deployment, as the runtime that started it reported it."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int]
+    pid: Mapped[int | None]
+    state: Mapped[str] = mapped_column(String(16), default="starting")  # starting|ready|stopped|crashed
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None]

@@ -1,0 +1,47 @@
+"""The runtime protocol: build a version's environment, run its model servers, stop them.
+
+A runtime knows processes (or pods), not policy: *when* to wake or stop a deployment is
+decided by the registry (``registry/deployments.py``), which keeps that state in the
+database. Contract:
+
+- ``build`` is idempotent: the same bundle and requirements give the same environment.
+- ``start`` returns at once with a handle; the worker is ready when its ``/healthz`` says so.
+- ``alive`` and ``stop`` work on handles from an earlier registry process too (pid + port
+  are enough), so a restarted registry can adopt or clean up the workers it finds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class WorkerHandle:
+    host: str
+    port: int
+    pid: int | None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Build:
+    environment: str
+    log: str
+
+
+class Runtime(Protocol):
+    def build(self, bundle: Path) -> Build: ...
+
+    def start(self, bundle: Path, build: Build, digest: str) -> WorkerHandle: ...
+
+    def alive(self, worker: WorkerHandle) -> bool: ...
+
+    def stop(self, worker: WorkerHandle) -> None: ...
+
+    def logs(self, worker: WorkerHandle, lines: int = 50) -> str: ...

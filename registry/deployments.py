@@ -1,0 +1,263 @@
+"""Deployments: wake a version on its first request, put it to sleep when nobody uses it.
+
+The registry decides *when*; the runtime (``adapters/runtimes``) does the work. What a
+second replica or a restarted registry needs — build status, workers with pid and port,
+last request — is in the database; this process only keeps locks and handles.
+
+    sleeping ──request──▶ starting ──/healthz 200──▶ running ──idle timeout──▶ sleeping
+                              │                          │
+                              └──exits or times out──▶ failed (with the worker's last log lines)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from contextlib import contextmanager
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from modelhall.adapters.runtimes.base import Build, Runtime, WorkerHandle
+from modelhall.bundle import unpack_layers
+from modelhall.bundle.unpack import IteratorReader
+from modelhall.registry.context import RegistryContext
+from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
+
+HEALTH_POLL_SECONDS = 0.1
+LOG_LINES_ON_FAILURE = 20
+
+
+class DeploymentFailed(RuntimeError):
+    """The version could not be built or its worker did not become ready."""
+
+
+class StillStarting(RuntimeError):
+    """The caller asked not to wait, and the worker is not ready yet."""
+
+
+@dataclass(frozen=True)
+class Version:
+    repository: Repository
+    digest: str
+    spec: dict[str, Any]
+
+    @property
+    def idle_timeout(self) -> float:
+        return float(self.spec.get("scaling", {}).get("idle_timeout", 300))
+
+    @property
+    def min_replicas(self) -> int:
+        return int(self.spec.get("scaling", {}).get("min", 0))
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+class Deployments:
+    def __init__(self, context: RegistryContext, runtime: Runtime, wake_timeout: float):
+        self.context = context
+        self.runtime = runtime
+        self.wake_timeout = wake_timeout
+        self.bundles = context.settings.data_dir / "bundles"
+        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._starting: dict[int, asyncio.Task[WorkerHandle]] = {}
+
+    # --- the database side -------------------------------------------------------------
+
+    def _deployment(self, version: Version) -> int:
+        with self.context.sessions() as db:
+            found = db.scalar(select(Deployment).where(Deployment.repository_id == version.repository.id,
+                                                       Deployment.digest == version.digest))
+            if found is None:
+                found = Deployment(repository_id=version.repository.id, digest=version.digest)
+                db.add(found)
+            found.last_request_at = utcnow()
+            db.commit()
+            return found.id
+
+    def _update(self, deployment_id: int, **values: Any) -> None:
+        with self.context.sessions() as db:
+            deployment = db.get(Deployment, deployment_id)
+            assert deployment is not None
+            for key, value in values.items():
+                setattr(deployment, key, value)
+            db.commit()
+
+    def _live_worker(self, deployment_id: int) -> WorkerHandle | None:
+        with self.context.sessions() as db:
+            for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment_id,
+                                                          Worker.state == "ready")):
+                handle = WorkerHandle(worker.host, worker.port, worker.pid)
+                if self.runtime.alive(handle):
+                    return handle
+                worker.state, worker.stopped_at = "crashed", utcnow()
+            db.commit()
+        return None
+
+    def _record_worker(self, deployment_id: int, handle: WorkerHandle, state: str) -> None:
+        with self.context.sessions() as db:
+            worker = db.scalar(select(Worker).where(Worker.deployment_id == deployment_id, Worker.pid == handle.pid,
+                                                    Worker.port == handle.port))
+            if worker is None:
+                worker = Worker(deployment_id=deployment_id, host=handle.host, port=handle.port, pid=handle.pid)
+                db.add(worker)
+            worker.state = state
+            if state in ("stopped", "crashed"):
+                worker.stopped_at = utcnow()
+            db.commit()
+
+    # --- materialising and building ----------------------------------------------------
+
+    def _bundle_dir(self, digest: str) -> Path:
+        """The version unpacked from the blob store, once; later calls reuse it."""
+        target = self.bundles / digest.replace(":", "-")
+        if target.exists():
+            return target
+        store = self.context.store
+        manifest = json.loads(b"".join(store.read(digest)))
+
+        @contextmanager
+        def open_blob(blob: str) -> Iterator[BinaryIO]:
+            yield IteratorReader(store.read(blob))  # type: ignore[misc]
+
+        try:
+            unpack_layers(manifest, open_blob, target)
+        except FileExistsError:  # unpacked by a concurrent request meanwhile
+            pass
+        return target
+
+    def _build(self, deployment_id: int, digest: str) -> tuple[Path, Build]:
+        self._update(deployment_id, build_status="building")
+        try:
+            bundle = self._bundle_dir(digest)
+            build = self.runtime.build(bundle)
+        except Exception as error:  # unpacking, a bad requirements file, the installer failing
+            self._update(deployment_id, build_status="failed", build_error=str(error), state="failed",
+                         state_detail=f"build failed: {error}")
+            raise DeploymentFailed(f"build failed: {error}") from error
+        self._update(deployment_id, build_status="ready", build_error=None, environment=build.environment)
+        return bundle, build
+
+    # --- waking and sleeping --------------------------------------------------------------
+
+    async def wake(self, version: Version, wait: bool = True) -> WorkerHandle:
+        """A ready worker for ``version``, started if none runs.
+
+        With ``wait=False`` a sleeping deployment is started in the background and
+        :class:`StillStarting` raised at once, for callers that poll.
+        """
+        deployment_id = await run_in_threadpool(self._deployment, version)
+        live = await run_in_threadpool(self._live_worker, deployment_id)
+        if live:
+            return live
+        async with self._locks[deployment_id]:
+            task = self._starting.get(deployment_id)
+            if task is None or task.done():
+                live = await run_in_threadpool(self._live_worker, deployment_id)
+                if live:
+                    return live
+                task = asyncio.create_task(self._start(deployment_id, version))
+                self._starting[deployment_id] = task
+        if not wait:
+            raise StillStarting(f"{version.repository.name} is starting")
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=self.wake_timeout)
+        except TimeoutError:
+            raise StillStarting(f"{version.repository.name} is still starting after {self.wake_timeout:g} s") from None
+
+    async def _start(self, deployment_id: int, version: Version) -> WorkerHandle:
+        bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
+        await run_in_threadpool(self._update, deployment_id, state="starting", state_detail=None, desired_replicas=1)
+        handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest)
+        await run_in_threadpool(self._record_worker, deployment_id, handle, "starting")
+        try:
+            await self._wait_ready(handle)
+        except DeploymentFailed as error:
+            await run_in_threadpool(self.runtime.stop, handle)
+            await run_in_threadpool(self._record_worker, deployment_id, handle, "crashed")
+            await run_in_threadpool(self._update, deployment_id, state="failed", state_detail=str(error),
+                                    desired_replicas=0)
+            raise
+        await run_in_threadpool(self._record_worker, deployment_id, handle, "ready")
+        await run_in_threadpool(self._update, deployment_id, state="running")
+        return handle
+
+    async def _wait_ready(self, handle: WorkerHandle) -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                if not self.runtime.alive(handle):
+                    raise DeploymentFailed(f"the model server exited while starting:\n"
+                                           f"{self.runtime.logs(handle, LOG_LINES_ON_FAILURE)}")
+                try:
+                    response = await client.get(f"{handle.url}/healthz")
+                    if response.status_code == 200:
+                        return
+                    if response.json().get("status") == "failed":
+                        raise DeploymentFailed(f"the model failed to load: {response.json().get('error')}")
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(HEALTH_POLL_SECONDS)
+
+    def sleep_idle(self, now: datetime | None = None) -> list[str]:
+        """Stop the workers of deployments idle past their timeout; returns their digests."""
+        now = now or datetime.now(UTC)
+        stopped = []
+        with self.context.sessions() as db:
+            running = db.scalars(select(Deployment).where(Deployment.state == "running")).all()
+            for deployment in running:
+                manifest_spec = self._spec_of(db, deployment)
+                version = Version(db.get(Repository, deployment.repository_id), deployment.digest, manifest_spec)
+                last = _aware(deployment.last_request_at) or now
+                if version.min_replicas > 0 or now - last < timedelta(seconds=version.idle_timeout):
+                    continue
+                for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment.id,
+                                                              Worker.state.in_(("starting", "ready")))):
+                    self.runtime.stop(WorkerHandle(worker.host, worker.port, worker.pid))
+                    worker.state, worker.stopped_at = "stopped", utcnow()
+                deployment.state, deployment.desired_replicas = "sleeping", 0
+                stopped.append(deployment.digest)
+            db.commit()
+        return stopped
+
+    @staticmethod
+    def _spec_of(db: Session, deployment: Deployment) -> dict[str, Any]:
+        manifest = db.scalar(select(Manifest).where(Manifest.repository_id == deployment.repository_id,
+                                                    Manifest.digest == deployment.digest))
+        return (manifest.spec if manifest else None) or {}
+
+    def recover(self) -> None:
+        """After a restart: keep the workers still alive, forget the others."""
+        with self.context.sessions() as db:
+            for worker in db.scalars(select(Worker).where(Worker.state.in_(("starting", "ready")))):
+                if not self.runtime.alive(WorkerHandle(worker.host, worker.port, worker.pid)):
+                    worker.state, worker.stopped_at = "crashed", utcnow()
+            for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running")))):
+                alive = db.scalar(select(Worker).where(Worker.deployment_id == deployment.id, Worker.state == "ready"))
+                if alive is None:
+                    deployment.state, deployment.desired_replicas = "sleeping", 0
+            db.commit()
+
+    def stop_all(self) -> None:
+        with self.context.sessions() as db:
+            for worker in db.scalars(select(Worker).where(Worker.state.in_(("starting", "ready")))):
+                self.runtime.stop(WorkerHandle(worker.host, worker.port, worker.pid))
+                worker.state, worker.stopped_at = "stopped", utcnow()
+            for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running")))):
+                deployment.state, deployment.desired_replicas = "sleeping", 0
+            db.commit()
+
+    async def run_reaper(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await run_in_threadpool(self.sleep_idle)
+

@@ -1,0 +1,150 @@
+"""The gateway: ``/demo/{owner}/{name}[@tag-or-digest]/…`` and the predict API, through the registry.
+
+Every call asks the policy who may see the model (404 otherwise), wakes the deployment
+if it sleeps, and streams the request to a worker and the answer back. The worker is
+told the public prefix in ``X-Forwarded-Prefix`` (and host and scheme), so one worker
+serves the demo under any prefix; clients' own forwarding headers are dropped.
+While a model wakes, a browser gets a page that says so and reloads itself; an API
+client waits (up to the wake timeout) unless it sends ``Prefer: respond-async``, which
+gets a 503 with ``Retry-After`` at once.
+"""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
+
+from modelhall.registry.api.repos import LATEST_TAG, versions_of, visible_repository
+from modelhall.registry.auth.principal import Principal
+from modelhall.registry.context import get_db, get_principal
+from modelhall.registry.db.models import Deployment, Manifest, Worker
+from modelhall.registry.deployments import DeploymentFailed, Deployments, StillStarting, Version
+
+router = APIRouter()
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+              "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie"}
+FORWARDED = {"x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "x-forwarded-for", "x-gradio-server"}
+RETRY_AFTER = "2"
+STARTING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>Starting {name}…</title><style>body{{font-family:sans-serif;margin:4rem;color:#333}}</style></head>
+<body><h1>Starting {name}…</h1><p>The model was asleep and is waking up. This page reloads by itself.</p></body></html>"""
+
+
+def deployments(request: Request) -> Deployments:
+    return request.app.state.deployments
+
+
+def resolve_version(db: Session, principal: Principal, name: str, reference: str | None) -> Version:
+    """The bundle a reference names: a tag, a digest, or (none) ``latest`` or else the newest tag."""
+    repository = visible_repository(db, principal, name)
+    manifest: Manifest | None = None
+    if reference and reference.startswith("sha256:"):
+        manifest = db.scalar(select(Manifest).where(Manifest.repository_id == repository.id,
+                                                    Manifest.digest == reference))
+    else:
+        versions = versions_of(db, repository)
+        wanted = reference or LATEST_TAG
+        match = next((m for tag, m in versions if tag.name == wanted), None)
+        manifest = match or (versions[0][1] if versions and reference is None else None)
+    if manifest is None:
+        raise LookupError(f"{name} has no version {reference or ''}".strip())
+    if manifest.spec is None:
+        raise LookupError(f"{name}@{manifest.digest} is not a Modelhall bundle, so it cannot run")
+    return Version(repository=repository, digest=manifest.digest, spec=manifest.spec)
+
+
+def _forward_headers(request: Request, prefix: str) -> dict[str, str]:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | FORWARDED}
+    headers["x-forwarded-host"] = request.headers.get("host", request.url.netloc)
+    headers["x-forwarded-proto"] = request.url.scheme
+    headers["x-forwarded-prefix"] = prefix
+    headers["x-forwarded-for"] = request.client.host if request.client else ""
+    return headers
+
+
+async def proxy(request: Request, target: str, prefix: str) -> Response:
+    """Stream ``request`` to ``target`` and the answer back (server-sent events included)."""
+    client: httpx.AsyncClient = request.app.state.upstream
+    upstream = client.build_request(request.method, target, params=request.query_params,
+                                    headers=_forward_headers(request, prefix), content=request.stream())
+    response = await client.send(upstream, stream=True)
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
+    return StreamingResponse(response.aiter_raw(), status_code=response.status_code, headers=headers,
+                             background=BackgroundTask(response.aclose))
+
+
+def _wants_html(request: Request) -> bool:
+    return request.method == "GET" and "text/html" in request.headers.get("accept", "")
+
+
+def _split(name_and_reference: str) -> tuple[str, str | None]:
+    name, _, reference = name_and_reference.partition("@")
+    return name, reference or None
+
+
+async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Session, principal: Principal) -> Response:
+    name, reference = _split(name_ref)
+    try:
+        version = resolve_version(db, principal, f"{owner}/{name}", reference)
+    except LookupError as error:
+        return JSONResponse({"detail": str(error)}, status_code=404)
+    prefix = f"/demo/{owner}/{name_ref}"
+    wait = not _wants_html(request) and "respond-async" not in request.headers.get("prefer", "")
+    try:
+        worker = await deployments(request).wake(version, wait=wait)
+    except StillStarting as starting:
+        if _wants_html(request):
+            return HTMLResponse(STARTING_PAGE.format(name=f"{owner}/{name}"), status_code=503,
+                                headers={"Retry-After": RETRY_AFTER})
+        return JSONResponse({"status": "starting", "detail": str(starting)}, status_code=503,
+                            headers={"Retry-After": RETRY_AFTER})
+    except DeploymentFailed as error:
+        return JSONResponse({"status": "failed", "detail": str(error)}, status_code=502)
+    return await proxy(request, f"{worker.url}/{path}", prefix)
+
+
+@router.api_route("/demo/{owner}/{name_ref}", methods=["GET"], include_in_schema=False)
+def demo_without_slash(owner: str, name_ref: str) -> RedirectResponse:
+    return RedirectResponse(f"/demo/{owner}/{name_ref}/")
+
+
+@router.api_route("/demo/{owner}/{name_ref}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+async def demo(owner: str, name_ref: str, path: str, request: Request, db: Session = Depends(get_db),
+               principal: Principal = Depends(get_principal)) -> Response:
+    """The model's Gradio demo and its API, woken on demand."""
+    return await _serve(request, owner, name_ref, path, db, principal)
+
+
+@router.post("/api/v1/repos/{owner}/{name_ref}/predict", tags=["repositories"])
+async def predict(owner: str, name_ref: str, request: Request, db: Session = Depends(get_db),
+                  principal: Principal = Depends(get_principal)) -> Response:
+    """Run one prediction (``{"inputs": {...}}``) on the latest version, or ``name@tag``/``name@sha256:…``."""
+    return await _serve(request, owner, name_ref, "predict", db, principal)
+
+
+
+@router.get("/api/v1/repos/{owner}/{name_ref}/deployment", tags=["repositories"])
+def deployment_status(owner: str, name_ref: str, db: Session = Depends(get_db),
+                      principal: Principal = Depends(get_principal)) -> JSONResponse:
+    """Whether a version is built, sleeping or running, and its workers."""
+    name, reference = _split(name_ref)
+    try:
+        version = resolve_version(db, principal, f"{owner}/{name}", reference)
+    except LookupError as error:
+        return JSONResponse({"detail": str(error)}, status_code=404)
+    deployment = db.scalar(select(Deployment).where(Deployment.repository_id == version.repository.id,
+                                                    Deployment.digest == version.digest))
+    if deployment is None:
+        return JSONResponse({"digest": version.digest, "state": "sleeping", "build_status": "pending", "workers": []})
+    workers = db.scalars(select(Worker).where(Worker.deployment_id == deployment.id).order_by(Worker.id)).all()
+    return JSONResponse({
+        "digest": version.digest, "state": deployment.state, "detail": deployment.state_detail,
+        "build_status": deployment.build_status, "build_error": deployment.build_error,
+        "environment": deployment.environment,
+        "last_request_at": deployment.last_request_at.isoformat() if deployment.last_request_at else None,
+        "workers": [{"pid": w.pid, "port": w.port, "state": w.state} for w in workers],
+    })

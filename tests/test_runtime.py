@@ -1,0 +1,175 @@
+"""The local runtime behind the gateway: wake on request, sleep when idle, recover after a crash."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from conftest import RegistryServer, serve_registry
+from modelhall.bundle import pack_bundle
+from modelhall.templates import template_path
+from oci_helpers import http, push_packed
+
+IDLE_TIMEOUT = 2
+SETTLE_SECONDS = 30  # upper bound for a worker to start or stop; the loops below end as soon as it has
+
+
+@pytest.fixture
+def runtime_registry(database_kind: str, tmp_path: Path) -> Iterator[RegistryServer]:
+    yield from serve_registry(database_kind, tmp_path / "registry", {"MODELHALL_REAPER_INTERVAL": "0.5"})
+
+
+def quick_hello(tmp_path: Path, idle_timeout: int = IDLE_TIMEOUT) -> Path:
+    bundle = tmp_path / "hello"
+    shutil.copytree(template_path("hello"), bundle)
+    spec = (bundle / "modelhall.yaml").read_text()
+    (bundle / "modelhall.yaml").write_text(spec.replace("idle_timeout: 300", f"idle_timeout: {idle_timeout}"))
+    return bundle
+
+
+def push(registry: RegistryServer, bundle: Path, name: str, public: bool = True) -> tuple[str, str, str]:
+    user, token = registry.user()
+    client = http(registry.url, token)
+    with pack_bundle(bundle) as packed:
+        digest = push_packed(client, f"{user}/{name}", "latest", packed)
+    if public:
+        client.patch(f"/api/v1/repos/{user}/{name}", json={"visibility": "public"}).raise_for_status()
+    return user, token, digest
+
+
+def status(registry: RegistryServer, repository: str, token: str | None = None) -> dict:
+    return http(registry.url, token).get(f"/api/v1/repos/{repository}/deployment").json()
+
+
+def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {SETTLE_SECONDS} s")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def predict(registry: RegistryServer, repository: str, name: str, token: str | None = None) -> httpx.Response:
+    return http(registry.url, token).post(f"/api/v1/repos/{repository}/predict", json={"inputs": {"name": name}},
+                                          timeout=120)
+
+
+def test_first_request_wakes_the_model_and_idle_puts_it_to_sleep(runtime_registry: RegistryServer,
+                                                                  tmp_path: Path) -> None:
+    user, _, digest = push(runtime_registry, quick_hello(tmp_path), "sleepy")
+    repository = f"{user}/sleepy"
+    assert status(runtime_registry, repository)["state"] == "sleeping"
+    answer = predict(runtime_registry, repository, "Ada")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() | {"duration_ms": 0} == {"outputs": {"greeting": "Hello, Ada."}, "digest": digest,
+                                                  "duration_ms": 0}
+    running = status(runtime_registry, repository)
+    assert (running["state"], running["build_status"]) == ("running", "ready")
+    [worker] = running["workers"]
+    assert pid_alive(worker["pid"])
+    wait_for(lambda: status(runtime_registry, repository)["state"] == "sleeping", "scaling to zero")
+    wait_for(lambda: not pid_alive(worker["pid"]), "the worker process ending")
+    again = predict(runtime_registry, repository, "Bo")
+    assert again.json()["outputs"] == {"greeting": "Hello, Bo."}
+    workers = status(runtime_registry, repository)["workers"]
+    assert [w["state"] for w in workers] == ["stopped", "ready"] and workers[1]["pid"] != worker["pid"]
+
+
+def test_the_demo_through_the_gateway_with_gradio_client(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, _, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "via-gateway")
+    client = Client(f"{runtime_registry.url}/demo/{user}/via-gateway/", verbose=False,
+                    download_files=str(tmp_path / "downloads"))
+    assert client.predict("Cy", "excited", api_name="/predict") == "Hello, Cy!!"
+    config = httpx.get(f"{runtime_registry.url}/demo/{user}/via-gateway/config").json()
+    assert config["root"] == f"{runtime_registry.url}/demo/{user}/via-gateway"
+
+
+def test_a_version_by_tag_or_digest(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, _, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "pinned")
+    by_digest = http(runtime_registry.url).post(f"/api/v1/repos/{user}/pinned@{digest}/predict",
+                                                json={"inputs": {"name": "D"}}, timeout=120)
+    assert by_digest.json()["digest"] == digest
+    missing = http(runtime_registry.url).post(f"/api/v1/repos/{user}/pinned@v9/predict", json={"inputs": {}})
+    assert (missing.status_code, missing.json()["detail"]) == (404, f"{user}/pinned has no version v9")
+
+
+def test_private_models_are_invisible_through_the_gateway(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "secret", public=False)
+    assert predict(runtime_registry, f"{user}/secret", "x").status_code == 404
+    assert httpx.get(f"{runtime_registry.url}/demo/{user}/secret/").status_code == 404
+    _, stranger = runtime_registry.user()
+    assert predict(runtime_registry, f"{user}/secret", "x", stranger).status_code == 404
+    assert predict(runtime_registry, f"{user}/secret", "Owner", token).json()["outputs"] == {
+        "greeting": "Hello, Owner."}
+
+
+def test_a_browser_waits_on_a_starting_page_then_gets_the_demo(runtime_registry: RegistryServer,
+                                                               tmp_path: Path) -> None:
+    user, _, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "paged")
+    first = httpx.get(f"{runtime_registry.url}/demo/{user}/paged/", headers={"Accept": "text/html"})
+    assert first.status_code == 503 and "Starting" in first.text and first.headers["retry-after"] == "2"
+    wait_for(lambda: status(runtime_registry, f"{user}/paged")["state"] == "running", "the worker starting")
+    page = httpx.get(f"{runtime_registry.url}/demo/{user}/paged/", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+
+
+def test_api_clients_that_ask_not_to_wait_get_a_retry_after(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, _, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "async")
+    response = http(runtime_registry.url).post(f"/api/v1/repos/{user}/async/predict", json={"inputs": {"name": "a"}},
+                                               headers={"Prefer": "respond-async"})
+    assert (response.status_code, response.json()["status"], response.headers["retry-after"]) == (503, "starting", "2")
+
+
+def test_a_model_that_fails_to_load_reports_why(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    bundle = quick_hello(tmp_path)
+    (bundle / "predict.py").write_text("raise OSError('weights are corrupt')\n")
+    user, _, _ = push(runtime_registry, bundle, "broken")
+    response = predict(runtime_registry, f"{user}/broken", "x")
+    assert response.status_code == 502
+    assert "the model failed to load: OSError: weights are corrupt" in response.json()["detail"]
+    assert status(runtime_registry, f"{user}/broken")["state"] == "failed"
+
+
+def test_a_failed_build_is_reported_and_the_previous_version_keeps_serving(runtime_registry: RegistryServer,
+                                                                           tmp_path: Path) -> None:
+    user, token, first = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "builds")
+    assert predict(runtime_registry, f"{user}/builds", "one").status_code == 200
+    broken = quick_hello(tmp_path / "v2")
+    (broken / "requirements.txt").write_text("-r elsewhere.txt\n")
+    with pack_bundle(broken) as packed:
+        push_packed(http(runtime_registry.url, token), f"{user}/builds", "v2", packed)
+    failed = http(runtime_registry.url).post(f"/api/v1/repos/{user}/builds@v2/predict", json={"inputs": {"name": "x"}},
+                                             timeout=60)
+    assert failed.status_code == 502
+    assert "build failed: requirements.txt:1: options such as -r are not supported" in failed.json()["detail"]
+    assert predict(runtime_registry, f"{user}/builds", "still").json()["digest"] == first
+
+
+def test_a_crashed_registry_adopts_its_running_workers(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, _, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "survivor")
+    assert predict(runtime_registry, f"{user}/survivor", "before").status_code == 200
+    [worker] = status(runtime_registry, f"{user}/survivor")["workers"]
+    runtime_registry.crash()
+    assert pid_alive(worker["pid"])
+    runtime_registry.start()
+    assert status(runtime_registry, f"{user}/survivor")["state"] == "running"
+    assert predict(runtime_registry, f"{user}/survivor", "after").json()["outputs"] == {"greeting": "Hello, after."}
+    assert [w["pid"] for w in status(runtime_registry, f"{user}/survivor")["workers"]] == [worker["pid"]]
+    runtime_registry.stop()
+    wait_for(lambda: not pid_alive(worker["pid"]), "a clean shutdown stopping its workers")
