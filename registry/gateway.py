@@ -72,7 +72,7 @@ async def proxy(request: Request, target: str, prefix: str) -> Response:
     upstream = client.build_request(request.method, target, params=request.query_params,
                                     headers=_forward_headers(request, prefix), content=request.stream())
     response = await client.send(upstream, stream=True)
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}  # raw bytes: keep their encoding
     return StreamingResponse(response.aiter_raw(), status_code=response.status_code, headers=headers,
                              background=BackgroundTask(response.aclose))
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from conftest import ModelServer, require_tool, serve_bundle
+from conftest import ModelServer, require_tool, serve_bundle, serve_registry
+from modelhall.bundle import pack_bundle
 from modelhall.templates import template_path
+from oci_helpers import http, push_packed
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -115,3 +117,18 @@ def test_a_failing_model_shows_an_error_in_the_page(page: Page, tmp_path_factory
         run(page)
         expect(page.get_by_text("The model failed: ValueError: cannot handle this")).to_be_visible(
             timeout=OUTPUT_TIMEOUT_MS)
+
+
+def test_a_sleeping_demo_through_the_gateway_wakes_in_the_browser(page: Page, tmp_path: Path) -> None:
+    """The registry's /demo/… page says the model is starting, reloads itself, then is the working demo."""
+    for registry in serve_registry("sqlite", tmp_path / "registry"):
+        user, token = registry.user()
+        client = http(registry.url, token)
+        with pack_bundle(template_path("hello")) as packed:
+            push_packed(client, f"{user}/hello", "latest", packed)
+        client.patch(f"/api/v1/repos/{user}/hello", json={"visibility": "public"}).raise_for_status()
+        page.goto(f"{registry.url}/demo/{user}/hello/")
+        expect(page.get_by_role("heading", name=f"Starting {user}/hello…")).to_be_visible()
+        page.get_by_label("Your name").fill("Gateway", timeout=OUTPUT_TIMEOUT_MS)
+        run(page)
+        expect(page.get_by_label("Greeting")).to_have_value("Hello, Gateway.", timeout=OUTPUT_TIMEOUT_MS)
