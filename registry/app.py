@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -47,9 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(deployments.recover)
         reaper = asyncio.create_task(deployments.run_reaper(settings.reaper_interval))
-        async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10)) as upstream:
-            app.state.upstream = upstream  # one pool of keep-alive connections to the workers
-            yield
+        app.state.worker_clients = gateway.WorkerClients()
+        yield
+        await app.state.worker_clients.close()
         reaper.cancel()
         await run_in_threadpool(deployments.stop_all)
 

@@ -1,7 +1,7 @@
 """Deployments: wake a version on its first request, put it to sleep when nobody uses it.
 
 The registry decides *when*; the runtime (``adapters/runtimes``) does the work. What a
-second replica or a restarted registry needs — build status, workers with pid and port,
+second replica or a restarted registry needs — build status, workers with pid and socket,
 last request — is in the database; this process only keeps locks and handles.
 
     sleeping ──request──▶ starting ──/healthz 200──▶ running ──idle timeout──▶ sleeping
@@ -34,6 +34,12 @@ from modelhall.registry.db.models import Deployment, Manifest, Repository, Worke
 
 HEALTH_POLL_SECONDS = 0.1
 LOG_LINES_ON_FAILURE = 20
+
+
+def worker_client(worker: WorkerHandle, timeout: float | None = None) -> httpx.AsyncClient:
+    """An HTTP client that talks to ``worker`` over its Unix socket."""
+    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(worker.socket)), base_url="http://worker",
+                             timeout=httpx.Timeout(timeout, connect=10))
 
 
 class DeploymentFailed(RuntimeError):
@@ -97,7 +103,7 @@ class Deployments:
         with self.context.sessions() as db:
             for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment_id,
                                                           Worker.state == "ready")):
-                handle = WorkerHandle(worker.host, worker.port, worker.pid)
+                handle = WorkerHandle(Path(worker.socket), worker.pid)
                 if self.runtime.alive(handle):
                     return handle
                 worker.state, worker.stopped_at = "crashed", utcnow()
@@ -107,9 +113,9 @@ class Deployments:
     def _record_worker(self, deployment_id: int, handle: WorkerHandle, state: str) -> None:
         with self.context.sessions() as db:
             worker = db.scalar(select(Worker).where(Worker.deployment_id == deployment_id, Worker.pid == handle.pid,
-                                                    Worker.port == handle.port))
+                                                    Worker.socket == str(handle.socket)))
             if worker is None:
-                worker = Worker(deployment_id=deployment_id, host=handle.host, port=handle.port, pid=handle.pid)
+                worker = Worker(deployment_id=deployment_id, socket=str(handle.socket), pid=handle.pid)
                 db.add(worker)
             worker.state = state
             if state in ("stopped", "crashed"):
@@ -193,13 +199,13 @@ class Deployments:
         return handle
 
     async def _wait_ready(self, handle: WorkerHandle) -> None:
-        async with httpx.AsyncClient(timeout=2) as client:
+        async with worker_client(handle, timeout=2) as client:
             while True:
                 if not self.runtime.alive(handle):
                     raise DeploymentFailed(f"the model server exited while starting:\n"
                                            f"{self.runtime.logs(handle, LOG_LINES_ON_FAILURE)}")
                 try:
-                    response = await client.get(f"{handle.url}/healthz")
+                    response = await client.get("/healthz")
                     if response.status_code == 200:
                         return
                     if response.json().get("status") == "failed":
@@ -222,7 +228,7 @@ class Deployments:
                     continue
                 for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment.id,
                                                               Worker.state.in_(("starting", "ready")))):
-                    self.runtime.stop(WorkerHandle(worker.host, worker.port, worker.pid))
+                    self.runtime.stop(WorkerHandle(Path(worker.socket), worker.pid))
                     worker.state, worker.stopped_at = "stopped", utcnow()
                 deployment.state, deployment.desired_replicas = "sleeping", 0
                 stopped.append(deployment.digest)
@@ -239,7 +245,7 @@ class Deployments:
         """After a restart: keep the workers still alive, forget the others."""
         with self.context.sessions() as db:
             for worker in db.scalars(select(Worker).where(Worker.state.in_(("starting", "ready")))):
-                if not self.runtime.alive(WorkerHandle(worker.host, worker.port, worker.pid)):
+                if not self.runtime.alive(WorkerHandle(Path(worker.socket), worker.pid)):
                     worker.state, worker.stopped_at = "crashed", utcnow()
             for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running")))):
                 alive = db.scalar(select(Worker).where(Worker.deployment_id == deployment.id, Worker.state == "ready"))
@@ -250,7 +256,7 @@ class Deployments:
     def stop_all(self) -> None:
         with self.context.sessions() as db:
             for worker in db.scalars(select(Worker).where(Worker.state.in_(("starting", "ready")))):
-                self.runtime.stop(WorkerHandle(worker.host, worker.port, worker.pid))
+                self.runtime.stop(WorkerHandle(Path(worker.socket), worker.pid))
                 worker.state, worker.stopped_at = "stopped", utcnow()
             for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running")))):
                 deployment.state, deployment.desired_replicas = "sleeping", 0

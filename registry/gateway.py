@@ -11,6 +11,8 @@ gets a 503 with ``Retry-After`` at once.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -22,7 +24,8 @@ from modelhall.registry.api.repos import LATEST_TAG, versions_of, visible_reposi
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Deployment, Manifest, Worker
-from modelhall.registry.deployments import DeploymentFailed, Deployments, StillStarting, Version
+from modelhall.adapters.runtimes.base import WorkerHandle
+from modelhall.registry.deployments import DeploymentFailed, Deployments, StillStarting, Version, worker_client
 
 router = APIRouter()
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -66,10 +69,27 @@ def _forward_headers(request: Request, prefix: str) -> dict[str, str]:
     return headers
 
 
-async def proxy(request: Request, target: str, prefix: str) -> Response:
-    """Stream ``request`` to ``target`` and the answer back (server-sent events included)."""
-    client: httpx.AsyncClient = request.app.state.upstream
-    upstream = client.build_request(request.method, target, params=request.query_params,
+class WorkerClients:
+    """One keep-alive HTTP client per worker socket, closed with the app."""
+
+    def __init__(self) -> None:
+        self._clients: dict[Path, httpx.AsyncClient] = {}
+
+    def get(self, worker: WorkerHandle) -> httpx.AsyncClient:
+        client = self._clients.get(worker.socket)
+        if client is None:
+            client = self._clients[worker.socket] = worker_client(worker)
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+
+
+async def proxy(request: Request, worker: WorkerHandle, path: str, prefix: str) -> Response:
+    """Stream ``request`` to ``worker`` and the answer back (server-sent events included)."""
+    client = request.app.state.worker_clients.get(worker)
+    upstream = client.build_request(request.method, f"/{path}", params=request.query_params,
                                     headers=_forward_headers(request, prefix), content=request.stream())
     response = await client.send(upstream, stream=True)
     headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}  # raw bytes: keep their encoding
@@ -104,7 +124,7 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
                             headers={"Retry-After": RETRY_AFTER})
     except DeploymentFailed as error:
         return JSONResponse({"status": "failed", "detail": str(error)}, status_code=502)
-    return await proxy(request, f"{worker.url}/{path}", prefix)
+    return await proxy(request, worker, path, prefix)
 
 
 @router.api_route("/demo/{owner}/{name_ref}", methods=["GET"], include_in_schema=False)
@@ -146,5 +166,5 @@ def deployment_status(owner: str, name_ref: str, db: Session = Depends(get_db),
         "build_status": deployment.build_status, "build_error": deployment.build_error,
         "environment": deployment.environment,
         "last_request_at": deployment.last_request_at.isoformat() if deployment.last_request_at else None,
-        "workers": [{"pid": w.pid, "port": w.port, "state": w.state} for w in workers],
+        "workers": [{"pid": w.pid, "state": w.state, "started_at": w.started_at.isoformat()} for w in workers],
     })

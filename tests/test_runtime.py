@@ -173,3 +173,74 @@ def test_a_crashed_registry_adopts_its_running_workers(runtime_registry: Registr
     assert [w["pid"] for w in status(runtime_registry, f"{user}/survivor")["workers"]] == [worker["pid"]]
     runtime_registry.stop()
     wait_for(lambda: not pid_alive(worker["pid"]), "a clean shutdown stopping its workers")
+
+
+HOSTILE_MODEL = '''
+import json, os, socket
+
+
+def attempt(action):
+    try:
+        action()
+        return "allowed"
+    except Exception as error:
+        return f"blocked: {type(error).__name__}"
+
+
+def predict(targets):
+    def connect():
+        with socket.create_connection(("127.0.0.1", targets["port"]), timeout=3):
+            pass
+
+    def read(path):
+        return lambda: open(path, "rb").read(1)
+
+    def write(path):
+        def go():
+            with open(path, "w") as out:
+                out.write("owned")
+        return go
+
+    return {
+        "network": attempt(connect),
+        "registry_database": attempt(read(targets["database"])),
+        "other_bundle": attempt(read(targets["other_bundle"])),
+        "credentials": attempt(read(targets["credentials"])),
+        "write_own_bundle": attempt(write("planted.txt")),
+        "write_outside": attempt(write(targets["outside"])),
+        "write_temp": attempt(write("/tmp/scratch.txt")),
+    }
+'''
+
+
+def test_hostile_model_code_stays_in_its_sandbox(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    from modelhall.adapters.runtimes.sandbox import bwrap_path
+
+    if bwrap_path() is None:
+        from conftest import unavailable
+
+        unavailable("bubblewrap is not installed: apt-get install bubblewrap")
+    user, _, other_digest = push(runtime_registry, quick_hello(tmp_path / "innocent", idle_timeout=300), "innocent")
+    assert predict(runtime_registry, f"{user}/innocent", "x").status_code == 200  # unpacks the other bundle
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "predict.py").write_text(HOSTILE_MODEL)
+    (hostile / "modelhall.yaml").write_text("name: hostile\nruntime: {adapter: python, entrypoint: predict.py:predict}\n"
+                                            "inputs: [{name: targets, type: json}]\noutputs: [{name: report, type: json}]\n")
+    owner, _, _ = push(runtime_registry, hostile, "hostile")
+    secret = tmp_path / "credentials.json"
+    secret.write_text('{"token": "mh_secret"}')
+    outside = Path(__file__).resolve().parent / f".planted-{other_digest[7:19]}"  # a writable place outside /tmp
+    targets = {
+        "port": runtime_registry.port,
+        "database": str(runtime_registry.data_dir / "modelhall.db"),
+        "other_bundle": str(runtime_registry.data_dir / "bundles" / other_digest.replace(":", "-") / "modelhall.yaml"),
+        "credentials": str(secret),
+        "outside": str(outside),
+    }
+    response = http(runtime_registry.url).post(f"/api/v1/repos/{owner}/hostile/predict",
+                                               json={"inputs": {"targets": targets}}, timeout=120)
+    report = response.json()["outputs"]["report"]
+    assert report.pop("write_temp") == "allowed"
+    assert {k: v for k, v in report.items() if not v.startswith("blocked")} == {}
+    assert not outside.exists()

@@ -6,8 +6,10 @@ database. Contract:
 
 - ``build`` is idempotent: the same bundle and requirements give the same environment.
 - ``start`` returns at once with a handle; the worker is ready when its ``/healthz`` says so.
-- ``alive`` and ``stop`` work on handles from an earlier registry process too (pid + port
-  are enough), so a restarted registry can adopt or clean up the workers it finds.
+- ``alive`` and ``stop`` work on handles from an earlier registry process too (pid and
+  socket are enough), so a restarted registry can adopt or clean up the workers it finds.
+- A worker answers HTTP on a Unix socket, not a TCP port: a sandboxed worker has no
+  network at all, and only what can open the socket file can reach it.
 """
 
 from __future__ import annotations
@@ -19,14 +21,9 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class WorkerHandle:
-    host: str
-    port: int
+    socket: Path
     pid: int | None
     log: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)

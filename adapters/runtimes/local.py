@@ -7,20 +7,27 @@ environment's own. A requirement the platform already satisfies is used from the
 the others are installed, into the environment, where they win. The platform is the
 base layer, each version's own packages the increment.
 
+Workers run inside :mod:`sandbox` when bwrap is there, and answer on a Unix socket.
+
     <data dir>/
-    ├── environments/   built by EnvironmentBuilder
-    ├── uv-cache/       shared download cache
-    └── logs/<pid>.log  each worker's stdout and stderr
+    ├── environments/            built by EnvironmentBuilder
+    ├── uv-cache/                shared download cache
+    ├── logs/<socket name>.log   each worker's stdout and stderr
+    └── sandboxes/<name>/tmp/    each worker's private, writable temp dir
+    <temp dir>/modelhall-<id>/   the workers' sockets (short paths: Unix sockets allow ~100 bytes)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sysconfig
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from modelhall.adapters.runtimes.base import Build, WorkerHandle
@@ -31,23 +38,23 @@ from modelhall.adapters.runtimes.environments import (
     parse_requirements,
     split_by_installed,
 )
-from modelhall.spec import load_spec_file
+from modelhall.adapters.runtimes.sandbox import bwrap_command, bwrap_path, limits, platform_paths
+from modelhall.spec import Spec, load_spec_file
 
 PLATFORM_PTH = "modelhall-platform.pth"
 STOP_GRACE_SECONDS = 5.0
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 class LocalRuntime:
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", index_args: tuple[str, ...] = ()):
-        self.host = host
-        self.logs_dir = data_dir / "logs"
-        self.environments = EnvironmentBuilder(data_dir / "environments", data_dir / "uv-cache", index_args=index_args)
+    def __init__(self, data_dir: Path, sandboxed: bool | None = None, index_args: tuple[str, ...] = ()):
+        self.data_dir = data_dir.resolve()
+        self.logs_dir = self.data_dir / "logs"
+        self.sandboxes = self.data_dir / "sandboxes"
+        tag = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
+        self.sockets = Path(tempfile.gettempdir()) / f"modelhall-{tag}"
+        self.sandboxed = bwrap_path() is not None if sandboxed is None else sandboxed
+        self.environments = EnvironmentBuilder(self.data_dir / "environments", self.data_dir / "uv-cache",
+                                               index_args=index_args)
 
     def build(self, bundle: Path) -> Build:
         spec = load_spec_file(bundle)
@@ -58,8 +65,7 @@ class LocalRuntime:
         requirements = parse_requirements(text, spec.package.requirements or "requirements.txt")
         python = spec.package.python or default_python()
         missing, provided = split_by_installed(requirements) if python == default_python() else (requirements, ())
-        requested = EnvironmentSpec(python, missing, provided)
-        environment = self.environments.ensure(requested)
+        environment = self.environments.ensure(EnvironmentSpec(python, missing, provided))
         self._link_platform(environment.path)
         return Build(environment=environment.record.key,
                      log=(self.environments.root / f"{environment.record.key}.log").read_text(errors="replace"))
@@ -70,19 +76,35 @@ class LocalRuntime:
         (site_packages / PLATFORM_PTH).write_text(f"import site; site.addsitedir({platform!r})\n")
 
     def start(self, bundle: Path, build: Build, digest: str) -> WorkerHandle:
-        python = self.environments.root / build.environment / "bin" / "python"
-        port = free_port(self.host)
+        spec = load_spec_file(bundle)
+        name = f"{digest.split(':')[-1][:12]}-{uuid.uuid4().hex[:6]}"
+        self.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        log = self.logs_dir / f"{digest.split(':')[-1][:12]}-{port}.log"
+        private_tmp = self.sandboxes / name / "tmp"
+        private_tmp.mkdir(parents=True)
+        socket = self.sockets / f"{name}.sock"
+        environment = self.environments.root / build.environment
+        command = [str(environment / "bin" / "python"), "-m", "modelhall", "runner", str(bundle), "--uds", str(socket),
+                   "--digest", digest]
+        if self.sandboxed:
+            command = bwrap_command(command, readable=[bundle, environment, *platform_paths()], private_tmp=private_tmp,
+                                    writable=[self.sockets], workdir=bundle, network=spec.runtime.network)
+        log = self.logs_dir / f"{name}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [str(python), "-m", "modelhall", "runner", str(bundle), "--host", self.host, "--port", str(port),
-                 "--digest", digest],
-                cwd=bundle, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                command, cwd=bundle, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives a registry restart, which adopts it again
-                env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"},
+                preexec_fn=limits(spec.resources.memory, spec.resources.cpu),
+                env=self._environment(spec, private_tmp),
             )
-        return WorkerHandle(host=self.host, port=port, pid=process.pid, log=log)
+        return WorkerHandle(socket=socket, pid=process.pid, log=log)
+
+    def _environment(self, spec: Spec, private_tmp: Path) -> dict[str, str]:
+        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+        temp = "/tmp" if self.sandboxed else str(private_tmp)
+        return {**keep, "HOME": temp, "TMPDIR": temp, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                "GRADIO_TEMP_DIR": f"{temp}/gradio", "PYTHONDONTWRITEBYTECODE": "1",
+                "MODELHALL_SANDBOXED": "1" if self.sandboxed else "0"}
 
     def alive(self, worker: WorkerHandle) -> bool:
         if worker.pid is None:
@@ -98,18 +120,19 @@ class LocalRuntime:
         return pid == 0
 
     def stop(self, worker: WorkerHandle) -> None:
-        if worker.pid is None or not self.alive(worker):
-            return
-        os.killpg(worker.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while time.monotonic() < deadline:
-            if not self.alive(worker):
-                return
-            time.sleep(0.05)
-        os.killpg(worker.pid, signal.SIGKILL)
-        self.alive(worker)  # reap it
+        if worker.pid is not None and self.alive(worker):
+            os.killpg(worker.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while time.monotonic() < deadline and self.alive(worker):
+                time.sleep(0.05)
+            if self.alive(worker):
+                os.killpg(worker.pid, signal.SIGKILL)
+                self.alive(worker)  # reap it
+        worker.socket.unlink(missing_ok=True)
+        shutil.rmtree(self.sandboxes / worker.socket.stem, ignore_errors=True)
 
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str:
-        if worker.log is None or not worker.log.exists():
+        log = worker.log or self.logs_dir / f"{worker.socket.stem}.log"
+        if not log.exists():
             return ""
-        return "\n".join(worker.log.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])

@@ -48,7 +48,7 @@ def push_templates(server: uvicorn.Server, context: RegistryContext, url: str, c
             with pack_bundle(template_path(name)) as packed:
                 result = push_bundle(client, reference, packed, console)
             client.api("PATCH", f"/repos/{reference.repository}", json={"visibility": "public"})
-            console.print(f"  {reference}  {result.digest[:19]}  {url}/api/v1/repos/{reference.repository}",
+            console.print(f"  {reference}  {result.digest[:19]}  demo: {url}/demo/{reference.repository}/",
                           highlight=False)
     console.print(f"\nDemo ready. Push your own with:\n  export MODELHALL_URL={url} MODELHALL_TOKEN={token}\n"
                   f"  modelhall init my-model && modelhall push my-model {DEMO_USER}/my-model:v1", highlight=False)

@@ -19,14 +19,19 @@ def serve(bundle: Annotated[Path, typer.Argument(help="bundle directory")] = Pat
           host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port to listen on")] = 8700,
           digest: Annotated[str | None, typer.Option(help="the pushed digest this folder holds, shown in the demo")] = None,
+          uds: Annotated[Path | None, typer.Option(help="listen on this Unix socket instead of host:port")] = None,
           ) -> None:
     """Serve a bundle's generated demo and predict API from this environment."""
     from modelhall.showcase.server import create_server
 
     app = create_server(bundle, digest=digest)
-    console.print(f"{app.state.runner.spec.name}: demo http://{host}:{port}/  ·  POST /predict  ·  GET /spec  ·  "
+    where = f"unix:{uds}" if uds else f"http://{host}:{port}"
+    console.print(f"{app.state.runner.spec.name}: demo {where}/  ·  POST /predict  ·  GET /spec  ·  "
                   "GET /healthz  ·  GET /metrics", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if uds:
+        uvicorn.run(app, uds=str(uds), log_level="warning")
+    else:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @friendly_errors

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from modelhall.adapters.runtimes.sandbox import sandbox_warning
 from modelhall.cli.output import console
 
 
@@ -26,7 +27,11 @@ def up(host: Annotated[str, typer.Option(help="interface to listen on")] = "127.
     app = create_app()
     context = app.state.context
     console.print(f"Modelhall registry on {url}  (data in {context.settings.data_dir.resolve()})\n"
-                  f"  OCI API   {url}/v2/\n  REST API  {url}/api/v1/repos\n  API docs  {url}/docs", highlight=False)
+                  f"  OCI API   {url}/v2/\n  REST API  {url}/api/v1/repos\n  API docs  {url}/docs\n"
+                  f"  demos     {url}/demo/<owner>/<name>/", highlight=False)
+    warning = sandbox_warning()
+    if warning:
+        console.print(f"[bold red]{warning}[/bold red]", highlight=False)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            timeout_graceful_shutdown=5))
     if demo:

@@ -177,8 +177,7 @@ class Worker(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
-    host: Mapped[str] = mapped_column(String(255))
-    port: Mapped[int]
+    socket: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int | None]
     state: Mapped[str] = mapped_column(String(16), default="starting")  # starting|ready|stopped|crashed
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
