@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -15,12 +16,13 @@ from modelhall.adapters.runtimes.base import Runtime
 from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.storage import open_blob_store
 from modelhall.registry import gateway
-from modelhall.registry.api import repos
+from modelhall.registry.api import repos, runs
 from modelhall.registry.auth import routes as token_routes
 from modelhall.registry.auth.principal import AuthenticationError
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
 from modelhall.registry.deployments import Deployments
+from modelhall.registry.runs import AsyncRunner
 from modelhall.registry.oci import base, blobs, manifests, referrers, tags, uploads
 from modelhall.registry.oci.access import challenge
 from modelhall.registry.oci.errors import OCIError, oci_error_response
@@ -47,7 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(deployments.recover)
         reaper = asyncio.create_task(deployments.run_reaper(settings.reaper_interval))
         app.state.worker_clients = gateway.WorkerClients()
+        async_runs = asyncio.create_task(AsyncRunner(context, partial(gateway.execute_async_run, app)).run_forever())
         yield
+        async_runs.cancel()
         await app.state.worker_clients.close()
         reaper.cancel()
         await run_in_threadpool(deployments.stop_all)
@@ -62,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (base, tags, uploads, blobs, manifests, referrers):
         app.include_router(module.router, tags=["oci"])
     app.include_router(token_routes.router, tags=["auth"])
-    app.include_router(gateway.router)  # before the REST API: /api/v1/repos/{name}/predict is the gateway's
+    # Before the REST API's /api/v1/repos/{name:path}, which would take …/predict and …/runs for names:
+    app.include_router(gateway.router)
+    app.include_router(runs.router)
     app.include_router(repos.router)
     return app
 

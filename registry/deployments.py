@@ -31,6 +31,7 @@ from modelhall.bundle import unpack_layers
 from modelhall.bundle.unpack import IteratorReader
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
+from modelhall.registry.runs import JournalReader
 
 HEALTH_POLL_SECONDS = 0.1
 LOG_LINES_ON_FAILURE = 20
@@ -42,12 +43,25 @@ def worker_client(worker: WorkerHandle, timeout: float | None = None) -> httpx.A
                              timeout=httpx.Timeout(timeout, connect=10))
 
 
+def handle_of(worker: Worker) -> WorkerHandle:
+    return WorkerHandle(Path(worker.socket), worker.pid)
+
+
 class DeploymentFailed(RuntimeError):
     """The version could not be built or its worker did not become ready."""
 
 
 class StillStarting(RuntimeError):
     """The caller asked not to wait, and the worker is not ready yet."""
+
+
+@dataclass(frozen=True)
+class Awake:
+    """A ready worker, and whether this request had to wake it (a cold start)."""
+
+    worker: WorkerHandle
+    cold: bool
+    deployment_id: int
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class Deployments:
         self.bundles = context.settings.data_dir / "bundles"
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._starting: dict[int, asyncio.Task[WorkerHandle]] = {}
+        self.journals = JournalReader(context, runtime)
 
     # --- the database side -------------------------------------------------------------
 
@@ -103,7 +118,7 @@ class Deployments:
         with self.context.sessions() as db:
             for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment_id,
                                                           Worker.state == "ready")):
-                handle = WorkerHandle(Path(worker.socket), worker.pid)
+                handle = handle_of(worker)
                 if self.runtime.alive(handle):
                     return handle
                 worker.state, worker.stopped_at = "crashed", utcnow()
@@ -156,7 +171,7 @@ class Deployments:
 
     # --- waking and sleeping --------------------------------------------------------------
 
-    async def wake(self, version: Version, wait: bool = True) -> WorkerHandle:
+    async def wake(self, version: Version, wait: bool = True) -> Awake:
         """A ready worker for ``version``, started if none runs.
 
         With ``wait=False`` a sleeping deployment is started in the background and
@@ -165,21 +180,36 @@ class Deployments:
         deployment_id = await run_in_threadpool(self._deployment, version)
         live = await run_in_threadpool(self._live_worker, deployment_id)
         if live:
-            return live
+            return Awake(live, cold=False, deployment_id=deployment_id)
         async with self._locks[deployment_id]:
             task = self._starting.get(deployment_id)
             if task is None or task.done():
                 live = await run_in_threadpool(self._live_worker, deployment_id)
                 if live:
-                    return live
+                    return Awake(live, cold=False, deployment_id=deployment_id)
                 task = asyncio.create_task(self._start(deployment_id, version))
                 self._starting[deployment_id] = task
         if not wait:
             raise StillStarting(f"{version.repository.name} is starting")
         try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout=self.wake_timeout)
+            worker = await asyncio.wait_for(asyncio.shield(task), timeout=self.wake_timeout)
         except TimeoutError:
             raise StillStarting(f"{version.repository.name} is still starting after {self.wake_timeout:g} s") from None
+        return Awake(worker, cold=True, deployment_id=deployment_id)
+
+    def collect_runs(self, deployment_id: int | None = None) -> int:
+        """Copy new journal lines of running workers (of one deployment, or all) into the run history."""
+        added = 0
+        with self.context.sessions() as db:
+            query = select(Worker, Deployment).join(Deployment, Deployment.id == Worker.deployment_id).where(
+                Worker.state.in_(("starting", "ready")))
+            if deployment_id is not None:
+                query = query.where(Deployment.id == deployment_id)
+            rows = [(handle_of(worker), deployment.repository_id, deployment.digest)
+                    for worker, deployment in db.execute(query)]
+        for handle, repository_id, digest in rows:
+            added += self.journals.collect(handle, repository_id, digest)
+        return added
 
     async def _start(self, deployment_id: int, version: Version) -> WorkerHandle:
         bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
@@ -228,7 +258,9 @@ class Deployments:
                     continue
                 for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment.id,
                                                               Worker.state.in_(("starting", "ready")))):
-                    self.runtime.stop(WorkerHandle(Path(worker.socket), worker.pid))
+                    handle = handle_of(worker)
+                    self.journals.collect(handle, deployment.repository_id, deployment.digest)
+                    self.runtime.stop(handle)
                     worker.state, worker.stopped_at = "stopped", utcnow()
                 deployment.state, deployment.desired_replicas = "sleeping", 0
                 stopped.append(deployment.digest)
@@ -245,7 +277,7 @@ class Deployments:
         """After a restart: keep the workers still alive, forget the others."""
         with self.context.sessions() as db:
             for worker in db.scalars(select(Worker).where(Worker.state.in_(("starting", "ready")))):
-                if not self.runtime.alive(WorkerHandle(Path(worker.socket), worker.pid)):
+                if not self.runtime.alive(handle_of(worker)):
                     worker.state, worker.stopped_at = "crashed", utcnow()
             for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running")))):
                 alive = db.scalar(select(Worker).where(Worker.deployment_id == deployment.id, Worker.state == "ready"))
@@ -254,9 +286,10 @@ class Deployments:
             db.commit()
 
     def stop_all(self) -> None:
+        self.collect_runs()
         with self.context.sessions() as db:
             for worker in db.scalars(select(Worker).where(Worker.state.in_(("starting", "ready")))):
-                self.runtime.stop(WorkerHandle(Path(worker.socket), worker.pid))
+                self.runtime.stop(handle_of(worker))
                 worker.state, worker.stopped_at = "stopped", utcnow()
             for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running")))):
                 deployment.state, deployment.desired_replicas = "sleeping", 0
@@ -265,5 +298,6 @@ class Deployments:
     async def run_reaper(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
+            await run_in_threadpool(self.collect_runs)
             await run_in_threadpool(self.sleep_idle)
 

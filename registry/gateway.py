@@ -14,23 +14,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from fastapi import APIRouter, Depends, Request
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from modelhall.registry.api.repos import LATEST_TAG, versions_of, visible_repository
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import get_db, get_principal
-from modelhall.registry.db.models import Deployment, Manifest, Worker
+from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker
 from modelhall.adapters.runtimes.base import WorkerHandle
 from modelhall.registry.deployments import DeploymentFailed, Deployments, StillStarting, Version, worker_client
+from modelhall.registry.runs import new_run_id
 
 router = APIRouter()
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie"}
-FORWARDED = {"x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "x-forwarded-for", "x-gradio-server"}
+FORWARDED = {"x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "x-forwarded-for", "x-gradio-server",
+             "x-modelhall-run", "x-modelhall-caller", "x-modelhall-cold"}
 RETRY_AFTER = "2"
 STARTING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
 <title>Starting {name}…</title><style>body{{font-family:sans-serif;margin:4rem;color:#333}}</style></head>
@@ -60,13 +65,21 @@ def resolve_version(db: Session, principal: Principal, name: str, reference: str
     return Version(repository=repository, digest=manifest.digest, spec=manifest.spec)
 
 
-def _forward_headers(request: Request, prefix: str) -> dict[str, str]:
+def run_headers(caller: str | None, cold: bool, run_id: str | None = None) -> dict[str, str]:
+    """What the worker journals about a run: who asked (never more than a name) and whether it woke the model."""
+    headers = {"x-modelhall-caller": caller or "", "x-modelhall-cold": "1" if cold else "0"}
+    if run_id:
+        headers["x-modelhall-run"] = run_id
+    return headers
+
+
+def _forward_headers(request: Request, prefix: str, extra: dict[str, str]) -> dict[str, str]:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | FORWARDED}
     headers["x-forwarded-host"] = request.headers.get("host", request.url.netloc)
     headers["x-forwarded-proto"] = request.url.scheme
     headers["x-forwarded-prefix"] = prefix
     headers["x-forwarded-for"] = request.client.host if request.client else ""
-    return headers
+    return {**headers, **extra}
 
 
 class WorkerClients:
@@ -86,28 +99,36 @@ class WorkerClients:
             await client.aclose()
 
 
-async def proxy(request: Request, worker: WorkerHandle, path: str, prefix: str) -> Response:
+async def proxy(request: Request, worker: WorkerHandle, path: str, prefix: str, extra: dict[str, str],
+                after: BackgroundTask | None = None) -> Response:
     """Stream ``request`` to ``worker`` and the answer back (server-sent events included)."""
     client = request.app.state.worker_clients.get(worker)
     upstream = client.build_request(request.method, f"/{path}", params=request.query_params,
-                                    headers=_forward_headers(request, prefix), content=request.stream())
+                                    headers=_forward_headers(request, prefix, extra), content=request.stream())
     response = await client.send(upstream, stream=True)
     headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}  # raw bytes: keep their encoding
+
+    async def finish() -> None:
+        await response.aclose()
+        if after is not None:
+            await after()
+
     return StreamingResponse(response.aiter_raw(), status_code=response.status_code, headers=headers,
-                             background=BackgroundTask(response.aclose))
+                             background=BackgroundTask(finish))
 
 
 def _wants_html(request: Request) -> bool:
     return request.method == "GET" and "text/html" in request.headers.get("accept", "")
 
 
-def _split(name_and_reference: str) -> tuple[str, str | None]:
+def split_reference(name_and_reference: str) -> tuple[str, str | None]:
     name, _, reference = name_and_reference.partition("@")
     return name, reference or None
 
 
-async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Session, principal: Principal) -> Response:
-    name, reference = _split(name_ref)
+async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Session, principal: Principal,
+                 run_id: str | None = None) -> Response:
+    name, reference = split_reference(name_ref)
     try:
         version = resolve_version(db, principal, f"{owner}/{name}", reference)
     except LookupError as error:
@@ -115,7 +136,7 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
     prefix = f"/demo/{owner}/{name_ref}"
     wait = not _wants_html(request) and "respond-async" not in request.headers.get("prefer", "")
     try:
-        worker = await deployments(request).wake(version, wait=wait)
+        awake = await deployments(request).wake(version, wait=wait)
     except StillStarting as starting:
         if _wants_html(request):
             return HTMLResponse(STARTING_PAGE.format(name=f"{owner}/{name}"), status_code=503,
@@ -124,7 +145,10 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
                             headers={"Retry-After": RETRY_AFTER})
     except DeploymentFailed as error:
         return JSONResponse({"status": "failed", "detail": str(error)}, status_code=502)
-    return await proxy(request, worker, path, prefix)
+    after = None
+    if run_id:  # an API prediction: put it in the run history as soon as it is answered
+        after = BackgroundTask(run_in_threadpool, deployments(request).collect_runs, awake.deployment_id)
+    return await proxy(request, awake.worker, path, prefix, run_headers(principal.name, awake.cold, run_id), after)
 
 
 @router.api_route("/demo/{owner}/{name_ref}", methods=["GET"], include_in_schema=False)
@@ -143,7 +167,7 @@ async def demo(owner: str, name_ref: str, path: str, request: Request, db: Sessi
 async def predict(owner: str, name_ref: str, request: Request, db: Session = Depends(get_db),
                   principal: Principal = Depends(get_principal)) -> Response:
     """Run one prediction (``{"inputs": {...}}``) on the latest version, or ``name@tag``/``name@sha256:…``."""
-    return await _serve(request, owner, name_ref, "predict", db, principal)
+    return await _serve(request, owner, name_ref, "predict", db, principal, run_id=new_run_id())
 
 
 
@@ -151,7 +175,7 @@ async def predict(owner: str, name_ref: str, request: Request, db: Session = Dep
 def deployment_status(owner: str, name_ref: str, db: Session = Depends(get_db),
                       principal: Principal = Depends(get_principal)) -> JSONResponse:
     """Whether a version is built, sleeping or running, and its workers."""
-    name, reference = _split(name_ref)
+    name, reference = split_reference(name_ref)
     try:
         version = resolve_version(db, principal, f"{owner}/{name}", reference)
     except LookupError as error:
@@ -168,3 +192,21 @@ def deployment_status(owner: str, name_ref: str, db: Session = Depends(get_db),
         "last_request_at": deployment.last_request_at.isoformat() if deployment.last_request_at else None,
         "workers": [{"pid": w.pid, "state": w.state, "started_at": w.started_at.isoformat()} for w in workers],
     })
+
+
+async def execute_async_run(app: FastAPI, run_id: str, repository: Repository, digest: str, spec: dict[str, Any],
+                            inputs: dict[str, Any], caller: str | None
+                            ) -> tuple[str, dict[str, Any] | None, str | None, float | None]:
+    """Carry out a queued run on its version's worker: (status, outputs, error, duration in ms)."""
+    version = Version(repository=repository, digest=digest, spec=spec)
+    deployments: Deployments = app.state.deployments
+    try:
+        awake = await deployments.wake(version)
+    except (DeploymentFailed, StillStarting) as error:
+        return "failed", None, str(error), None
+    client = app.state.worker_clients.get(awake.worker)
+    response = await client.post("/predict", json={"inputs": inputs}, headers=run_headers(caller, awake.cold, run_id))
+    body = response.json()
+    if response.status_code != 200:
+        return "failed", None, body.get("error", {}).get("message", response.text[:500]), None
+    return "succeeded", body["outputs"], None, body.get("duration_ms")

@@ -14,7 +14,7 @@ import gradio as gr
 
 from modelhall.adapters.models import ModelError
 from modelhall.showcase.components import input_component, output_component
-from modelhall.showcase.runner import ModelRunner, NotReadyError
+from modelhall.showcase.runner import ModelRunner, NotReadyError, RunContext
 from modelhall.showcase.values import FILE_TYPES, InputError, to_gradio
 from modelhall.spec import Spec
 
@@ -48,12 +48,14 @@ def _examples(spec: Spec, bundle: Path) -> list[list[Any]]:
 def build_demo(runner: ModelRunner, model_card: str | None) -> gr.Blocks:
     spec = runner.spec
 
-    def run(*values: Any) -> Any:
+    def run(*arguments: Any) -> Any:
+        *values, request = arguments
         raw = {}
         for field, value in zip(spec.inputs, values, strict=True):
             raw[field.name] = Path(value) if isinstance(field, FILE_TYPES) and isinstance(value, str) else value
+        context = RunContext.from_headers({k.lower(): v for k, v in request.headers.items()}, source="demo")
         try:
-            prediction = runner.predict(raw)
+            prediction = runner.predict(raw, context)
         except InputError as error:
             raise gr.Error(str(error), title="Check the input") from None
         except NotReadyError as error:
@@ -64,8 +66,11 @@ def build_demo(runner: ModelRunner, model_card: str | None) -> gr.Blocks:
         return result[0] if len(result) == 1 else result
 
     # Gradio names the API's parameters after the function's: give it the spec's input names.
+    # (and a gr.Request, which Gradio fills in and leaves out of the API)
     run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for field in spec.inputs])
+        [*(inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for field in spec.inputs),
+         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)])
+    run.__annotations__ = {"request": gr.Request}
 
     with gr.Blocks(title=f"{spec.name} · Modelhall", analytics_enabled=False) as demo:
         gr.Markdown(_header(spec, runner.digest))

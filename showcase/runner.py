@@ -7,6 +7,7 @@ background thread, so the server answers at once), then ``ready`` or ``failed``.
 from __future__ import annotations
 
 import enum
+import json
 import shutil
 import threading
 import time
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from modelhall.adapters.models import ModelError, open_adapter
 from modelhall.spec import Spec
-from modelhall.showcase.values import normalise_outputs, parse_inputs
+from modelhall.showcase.values import Upload, normalise_outputs, parse_inputs
 
 KEPT_CALLS = 64
 
@@ -41,6 +43,64 @@ class Prediction:
     seconds: float
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Who asked and how, as the gateway tells the worker (``X-Modelhall-*`` headers)."""
+
+    run_id: str | None = None
+    caller: str | None = None
+    source: str = "api"
+    cold: bool | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], source: str) -> RunContext:
+        cold = headers.get("x-modelhall-cold")
+        return cls(run_id=headers.get("x-modelhall-run"), caller=headers.get("x-modelhall-caller") or None,
+                   source=source, cold=None if cold is None else cold == "1")
+
+
+class RunJournal:
+    """Appends one JSON line per prediction for the registry to collect into its run history.
+
+    Files are named by their path here; the registry copies them into its blob store.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def record(self, context: RunContext, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None,
+               error: str | None, seconds: float, workdir: Path) -> None:
+        entry = {
+            "id": context.run_id or str(uuid.uuid4()), "source": context.source, "caller": context.caller,
+            "cold": context.cold, "status": "failed" if error else "succeeded", "error": error,
+            "inputs": {name: _journal_value(value, workdir, name) for name, value in inputs.items()},
+            "outputs": None if outputs is None else {n: _journal_value(v, workdir, n) for n, v in outputs.items()},
+            "duration_ms": round(seconds * 1000, 3), "finished_at": time.time(),
+        }
+        line = json.dumps(entry, default=str) + "\n"
+        with self._lock, self.path.open("a") as journal:
+            journal.write(line)
+
+
+MAX_INLINE_TEXT = 2000
+
+
+def _journal_value(value: Any, workdir: Path, name: str) -> Any:
+    if isinstance(value, Image.Image):
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / f"{name}.png"
+        value.save(path)
+        value = path
+    if isinstance(value, Path):
+        return {"file": str(value), "name": value.name, "size": value.stat().st_size if value.exists() else None}
+    if isinstance(value, str) and len(value) > MAX_INLINE_TEXT:
+        return {"omitted": f"{len(value)} characters"}
+    if isinstance(value, (Upload, bytes)) or isinstance(value, dict) and "data" in value:
+        return {"omitted": "a file that was refused"}
+    return value
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -53,11 +113,13 @@ class Metrics:
 
 
 class ModelRunner:
-    def __init__(self, spec: Spec, bundle: Path, scratch: Path, digest: str | None = None):
+    def __init__(self, spec: Spec, bundle: Path, scratch: Path, digest: str | None = None,
+                 journal: RunJournal | None = None):
         self.spec = spec
         self.bundle = bundle
         self.digest = digest
         self.scratch = scratch
+        self.journal = journal
         self.health = Health.STARTING
         self.error: str | None = None
         self.metrics = Metrics()
@@ -80,36 +142,41 @@ class ModelRunner:
         thread.start()
         return thread
 
-    def predict(self, raw: Mapping[str, Any]) -> Prediction:
+    def predict(self, raw: Mapping[str, Any], context: RunContext = RunContext()) -> Prediction:
         """Check ``raw`` against the spec, run the model, normalise what it returned.
 
         Raises ``InputError`` (the caller's fault), :class:`ModelError` (the model's) or
-        :class:`NotReadyError`.
+        :class:`NotReadyError`. Every attempt is written to the run journal, if there is one.
         """
         if self.health is not Health.READY:
             raise NotReadyError(self.error or "the model is still loading")
         workdir = self.scratch / uuid.uuid4().hex
         started = time.perf_counter()
+        inputs: Mapping[str, Any] = raw
         try:
             inputs = parse_inputs(self.spec, raw, workdir / "in")
-        except ValueError:
-            self.metrics.predictions.labels("input_error").inc()
-            raise
-        try:
             result = self._adapter.predict(inputs, workdir / "out")
-            outputs = normalise_outputs(self.spec, result, workdir / "out")
-        except ModelError:
-            self.metrics.predictions.labels("model_error").inc()
+            try:
+                outputs = normalise_outputs(self.spec, result, workdir / "out")
+            except (TypeError, ValueError) as error:  # what it returned does not fit the spec's outputs
+                raise ModelError(f"unusable result: {error}") from error
+        except (ModelError, ValueError) as error:
+            outcome = "model_error" if isinstance(error, ModelError) else "input_error"
+            self.metrics.predictions.labels(outcome).inc()
+            self._journal(context, inputs, None, str(error), time.perf_counter() - started, workdir)
             raise
-        except (TypeError, ValueError) as error:  # what it returned does not fit the spec's outputs
-            self.metrics.predictions.labels("model_error").inc()
-            raise ModelError(f"unusable result: {error}") from error
         finally:
             self._prune()
         seconds = time.perf_counter() - started
         self.metrics.predictions.labels("ok").inc()
         self.metrics.seconds.observe(seconds)
+        self._journal(context, inputs, outputs, None, seconds, workdir)
         return Prediction(outputs=outputs, seconds=seconds)
+
+    def _journal(self, context: RunContext, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None,
+                 error: str | None, seconds: float, workdir: Path) -> None:
+        if self.journal is not None:
+            self.journal.record(context, inputs, outputs, error, seconds, workdir / "journal")
 
     def _prune(self) -> None:
         """Keep the files of the last calls (the demo serves them after the call), drop older ones."""

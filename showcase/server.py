@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from starlette.datastructures import UploadFile
 
 from modelhall.adapters.models import ModelError
 from modelhall.showcase.demo import build_demo
-from modelhall.showcase.runner import Health, ModelRunner, NotReadyError
+from modelhall.showcase.runner import Health, ModelRunner, NotReadyError, RunContext, RunJournal
 from modelhall.showcase.values import InputError, Upload, coerce_text_values, request_schema, to_json
 from modelhall.spec import load_spec_file
 
@@ -58,11 +59,15 @@ def read_model_card(bundle: Path) -> str | None:
     return ModelCard.load(readme).text.strip() if readme.exists() else None
 
 
-def create_server(bundle: Path, digest: str | None = None, scratch: Path | None = None) -> FastAPI:
+def create_server(bundle: Path, digest: str | None = None, scratch: Path | None = None,
+                  journal: Path | None = None) -> FastAPI:
+    """The model server for ``bundle``; with ``journal`` (or ``MODELHALL_RUN_JOURNAL``) every
+    prediction is also written there for the registry's run history."""
     bundle = bundle.resolve()
     spec = load_spec_file(bundle)
     scratch = scratch or Path(tempfile.mkdtemp(prefix="modelhall-serve-"))
-    runner = ModelRunner(spec, bundle, scratch, digest)
+    journal = journal or (Path(os.environ["MODELHALL_RUN_JOURNAL"]) if os.environ.get("MODELHALL_RUN_JOURNAL") else None)
+    runner = ModelRunner(spec, bundle, scratch, digest, RunJournal(journal) if journal else None)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
@@ -110,7 +115,8 @@ def _add_api_routes(app: FastAPI, runner: ModelRunner) -> None:
             inputs = await _request_inputs(request)
             if not request.headers.get("content-type", "").startswith("application/json"):
                 inputs = coerce_text_values(spec, inputs)
-            prediction = await run_in_threadpool(runner.predict, inputs)
+            context = RunContext.from_headers(request.headers, source="api")
+            prediction = await run_in_threadpool(runner.predict, inputs, context)
         except InputError as error:
             return _error(422, error.message, error.field)
         except NotReadyError as error:

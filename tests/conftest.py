@@ -23,7 +23,9 @@ import psycopg
 import pytest
 
 from modelhall.registry.auth.tokens import create_access_token
-from modelhall.registry.db.models import User
+from sqlalchemy import Engine, select
+
+from modelhall.registry.db.models import Repository, Run, User
 from modelhall.registry.db.session import make_engine, make_session_factory
 from modelhall.settings import Settings
 
@@ -115,14 +117,31 @@ class RegistryServer:
         result = subprocess.run([*MODELHALL, "admin", *args], env=self.env, capture_output=True, text=True, check=True)
         return result.stdout.strip()
 
+    def _engine(self) -> Engine:
+        settings = Settings(data_dir=self.data_dir, database=self.database)
+        return make_engine(settings.database_url)
+
+    def queue_run(self, repository: str, digest: str, inputs: dict) -> str:
+        """Put an async run in the queue straight into the database, as a registry that stopped would leave it."""
+        engine = self._engine()
+        try:
+            with make_session_factory(engine)() as db:
+                repository_id = db.scalar(select(Repository.id).where(Repository.name == repository))
+                run = Run(id=str(uuid.uuid4()), repository_id=repository_id, digest=digest, source="async",
+                          status="queued", inputs=inputs)
+                db.add(run)
+                db.commit()
+                return run.id
+        finally:
+            engine.dispose()
+
     def user(self, scope: str = "write", name: str | None = None) -> tuple[str, str]:
         """A new user and an access token for it, written straight into the registry's database.
 
         (`modelhall admin` does the same through the CLI; ``test_cli`` covers that path.)
         """
         name = name or unique("u")
-        settings = Settings(data_dir=self.data_dir, database=self.database)
-        engine = make_engine(settings.database_url)
+        engine = self._engine()
         try:
             with make_session_factory(engine)() as db:
                 user = User(name=name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import time
@@ -244,3 +246,88 @@ def test_hostile_model_code_stays_in_its_sandbox(runtime_registry: RegistryServe
     assert report.pop("write_temp") == "allowed"
     assert {k: v for k, v in report.items() if not v.startswith("blocked")} == {}
     assert not outside.exists()
+
+
+def runs_of(registry: RegistryServer, repository: str, token: str | None = None, **filters: str) -> list[dict]:
+    return http(registry.url, token).get(f"/api/v1/repos/{repository}/runs", params=filters).json()
+
+
+def test_every_prediction_is_in_the_run_history(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, token, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "history")
+    repository = f"{user}/history"
+    assert predict(runtime_registry, repository, "Ann", token).status_code == 200  # wakes it: cold
+    assert predict(runtime_registry, repository, "Ben", token).status_code == 200
+    failed = http(runtime_registry.url).post(f"/api/v1/repos/{repository}/predict",
+                                             json={"inputs": {"name": "x" * 101}})
+    assert failed.status_code == 422
+    Client(f"{runtime_registry.url}/demo/{repository}/", verbose=False,
+           download_files=str(tmp_path / "dl")).predict("Cat", "excited", api_name="/predict")
+    wait_for(lambda: len(runs_of(runtime_registry, repository, token)) == 4, "four runs recorded")
+    newest_first = runs_of(runtime_registry, repository, token)
+    demo, refused, warm, cold = newest_first
+    assert (cold["source"], cold["status"], cold["cold"], cold["caller"]) == ("api", "succeeded", True, user)
+    assert (cold["inputs"], cold["outputs"], cold["digest"]) == ({"name": "Ann", "style": "plain"},
+                                                                 {"greeting": "Hello, Ann."}, digest)
+    assert (warm["cold"], warm["outputs"]) == (False, {"greeting": "Hello, Ben."})
+    assert (refused["status"], refused["caller"], refused["caller_hidden"]) == ("failed", None, False)
+    assert "name: must be at most 100 characters" in refused["error"]
+    assert (demo["source"], demo["outputs"]) == ("demo", {"greeting": "Hello, Cat!!"})
+    assert [r["id"] for r in runs_of(runtime_registry, repository, token, status="failed")] == [refused["id"]]
+    assert [r["id"] for r in runs_of(runtime_registry, repository, token, source="demo")] == [demo["id"]]
+    _, stranger = runtime_registry.user()
+    seen_by_stranger = runs_of(runtime_registry, repository, stranger)[-1]
+    assert (seen_by_stranger["caller"], seen_by_stranger["caller_hidden"]) == (None, True)
+
+
+def test_file_outputs_are_kept_in_the_blob_store(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, token, _ = push(runtime_registry, template_path("image-to-image"), "winter")
+    beach = (template_path("image-to-image") / "examples" / "beach.png").read_bytes()
+    answer = http(runtime_registry.url, token).post(
+        f"/api/v1/repos/{user}/winter/predict", timeout=120,
+        json={"inputs": {"photo": {"data": base64.b64encode(beach).decode(), "name": "beach.png"}}})
+    assert answer.status_code == 200, answer.text
+    wait_for(lambda: runs_of(runtime_registry, f"{user}/winter", token), "the run being recorded")
+    [run] = runs_of(runtime_registry, f"{user}/winter", token)
+    photo, output = run["inputs"]["photo"], run["outputs"]["output"]
+    assert (photo["name"], photo["size"]) == ("beach.png", len(beach))
+    stored = http(runtime_registry.url, token).get(f"/api/v1/repos/{user}/winter/runs/{run['id']}/files/{photo['digest']}")
+    assert stored.content == beach
+    image = http(runtime_registry.url, token).get(f"/api/v1/repos/{user}/winter/runs/{run['id']}/files/{output['digest']}")
+    assert image.content.startswith(b"\x89PNG")
+
+
+def test_async_runs_are_queued_and_followed(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "queued")
+    client = http(runtime_registry.url, token)
+    started = client.post(f"/api/v1/repos/{user}/queued/runs", json={"inputs": {"name": "Async"}})
+    assert started.status_code == 202 and started.json()["status"] == "queued"
+    run_url = started.headers["location"]
+    with client.stream("GET", started.json()["events"], timeout=120) as events:
+        statuses = [json.loads(line[6:])["status"] for line in events.iter_lines() if line.startswith("data: ")]
+    assert statuses[-1] == "succeeded" and set(statuses) <= {"queued", "running", "succeeded"}
+    finished = client.get(run_url).json()
+    assert (finished["source"], finished["outputs"], finished["caller"]) == ("async", {"greeting": "Hello, Async."}, user)
+    assert len(runs_of(runtime_registry, f"{user}/queued", token)) == 1  # the worker's journal line is the same run
+
+
+def test_queued_runs_survive_a_registry_restart(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, token, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "restarted")
+    runtime_registry.crash()
+    run_id = runtime_registry.queue_run(f"{user}/restarted", digest, {"name": "Later"})
+    runtime_registry.start()
+    client = http(runtime_registry.url, token)
+    wait_for(lambda: client.get(f"/api/v1/repos/{user}/restarted/runs/{run_id}").json()["status"] == "succeeded",
+             "the queued run completing")
+    assert client.get(f"/api/v1/repos/{user}/restarted/runs/{run_id}").json()["outputs"] == {
+        "greeting": "Hello, Later."}
+
+
+def test_logs_of_the_build_and_the_worker_are_for_writers_only(runtime_registry: RegistryServer,
+                                                              tmp_path: Path) -> None:
+    user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "logged")
+    assert predict(runtime_registry, f"{user}/logged", "x").status_code == 200
+    owner = http(runtime_registry.url, token)
+    assert "hello" in owner.get(f"/api/v1/repos/{user}/logged/deployment/logs").text
+    assert owner.get(f"/api/v1/repos/{user}/logged/deployment/logs", params={"build": "true"}).status_code == 200
+    _, stranger = runtime_registry.user()
+    assert http(runtime_registry.url, stranger).get(f"/api/v1/repos/{user}/logged/deployment/logs").status_code == 403

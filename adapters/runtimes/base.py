@@ -42,3 +42,9 @@ class Runtime(Protocol):
     def stop(self, worker: WorkerHandle) -> None: ...
 
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str: ...
+
+    def journal(self, worker: WorkerHandle) -> Path:
+        """Where the worker's run journal (one JSON line per prediction) can be read from here."""
+
+    def worker_file(self, worker: WorkerHandle, path: str) -> Path:
+        """A file the worker names by its own path (``/tmp/…`` in a sandbox), as a path readable here."""

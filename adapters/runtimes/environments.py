@@ -151,6 +151,10 @@ class EnvironmentBuilder:
         return [EnvironmentRecord(**json.loads(p.read_text())) for p in sorted(self.root.glob("*.json"))
                 if (self.root / p.stem).is_dir()]
 
+    def log(self, key: str, lines: int = 200) -> str:
+        path = self.root / f"{key}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
     def find(self, spec: EnvironmentSpec) -> Environment | None:
         record_file = self.root / f"{spec.key}.json"
         if record_file.exists() and (self.root / spec.key).is_dir():

@@ -42,6 +42,7 @@ from modelhall.adapters.runtimes.sandbox import bwrap_command, bwrap_path, limit
 from modelhall.spec import Spec, load_spec_file
 
 PLATFORM_PTH = "modelhall-platform.pth"
+JOURNAL = "runs.jsonl"
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -104,7 +105,19 @@ class LocalRuntime:
         temp = "/tmp" if self.sandboxed else str(private_tmp)
         return {**keep, "HOME": temp, "TMPDIR": temp, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                 "GRADIO_TEMP_DIR": f"{temp}/gradio", "PYTHONDONTWRITEBYTECODE": "1",
-                "MODELHALL_SANDBOXED": "1" if self.sandboxed else "0"}
+                "MODELHALL_RUN_JOURNAL": f"{temp}/{JOURNAL}", "MODELHALL_SANDBOXED": "1" if self.sandboxed else "0"}
+
+    def _private_tmp(self, worker: WorkerHandle) -> Path:
+        return self.sandboxes / worker.socket.stem / "tmp"
+
+    def journal(self, worker: WorkerHandle) -> Path:
+        return self._private_tmp(worker) / JOURNAL
+
+    def worker_file(self, worker: WorkerHandle, path: str) -> Path:
+        if not self.sandboxed:
+            return Path(path)
+        relative = Path(path).relative_to("/tmp")  # the only place a sandboxed worker writes
+        return self._private_tmp(worker) / relative
 
     def alive(self, worker: WorkerHandle) -> bool:
         if worker.pid is None:

@@ -182,3 +182,29 @@ class Worker(Base):
     state: Mapped[str] = mapped_column(String(16), default="starting")  # starting|ready|stopped|crashed
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[datetime | None]
+
+
+class Run(Base):
+    """One prediction: through the predict API, the demo, or an async run.
+
+    ``inputs`` and ``outputs`` hold small values inline and files as ``{"digest", "name",
+    "size"}`` with their bytes in the blob store. ``caller`` is the user's name, or null
+    for anonymous callers.
+    """
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[str] = mapped_column(String(135))
+    source: Mapped[str] = mapped_column(String(16))  # api|demo|async
+    caller: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # queued|running|succeeded|failed
+    cold: Mapped[bool | None] = mapped_column(Boolean)
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    outputs: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float | None]
+    logs: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None]

@@ -1,4 +1,4 @@
-"""deployments and workers
+"""deployments, workers and runs
 
 Revision ID: 0002
 Revises: 0001
@@ -31,6 +31,28 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('repository_id', 'digest')
     )
+    op.create_table('runs',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('repository_id', sa.Integer(), nullable=False),
+    sa.Column('digest', sa.String(length=135), nullable=False),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('caller', sa.String(length=64), nullable=True),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('cold', sa.Boolean(), nullable=True),
+    sa.Column('inputs', sa.JSON(), nullable=False),
+    sa.Column('outputs', sa.JSON(), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('duration_ms', sa.Double(), nullable=True),
+    sa.Column('logs', sa.Text(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['repository_id'], ['repositories.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('runs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_runs_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_runs_repository_id'), ['repository_id'], unique=False)
+
     op.create_table('workers',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('deployment_id', sa.Integer(), nullable=False),
@@ -52,4 +74,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_workers_deployment_id'))
 
     op.drop_table('workers')
+    with op.batch_alter_table('runs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_runs_repository_id'))
+        batch_op.drop_index(batch_op.f('ix_runs_created_at'))
+
+    op.drop_table('runs')
     op.drop_table('deployments')

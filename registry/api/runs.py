@@ -1,0 +1,171 @@
+"""``/api/v1/repos/{owner}/{name}/runs``: run history, async runs, and the deployment's logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from modelhall.registry.api.repos import visible_repository
+from modelhall.registry.auth.policy import Action, permitted_actions
+from modelhall.registry.auth.principal import Principal
+from modelhall.registry.context import get_db, get_principal
+from modelhall.registry.db.models import Deployment, Repository, Run, Worker
+from modelhall.registry.deployments import handle_of
+from modelhall.registry.gateway import resolve_version, split_reference
+from modelhall.registry.runs import new_run_id, stored_inputs
+
+router = APIRouter(prefix="/api/v1/repos", tags=["runs"])
+TERMINAL = ("succeeded", "failed")
+EVENT_POLL_SECONDS = 0.3
+
+
+def run_json(run: Run, show_caller: bool) -> dict[str, Any]:
+    return {
+        "id": run.id, "digest": run.digest, "source": run.source, "status": run.status, "cold": run.cold,
+        "caller": run.caller if show_caller else None, "caller_hidden": not show_caller and run.caller is not None,
+        "inputs": run.inputs, "outputs": run.outputs, "error": run.error, "duration_ms": run.duration_ms,
+        "created_at": run.created_at.isoformat(), "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "logs": run.logs if show_caller else None,
+    }
+
+
+def may_see_callers(db: Session, principal: Principal, repository: Repository) -> bool:
+    """Who asked is shown to those who may push to the repository; others see only their own runs' caller."""
+    return Action.PUSH in permitted_actions(db, principal, repository.name, repository)
+
+
+def _visible_run(db: Session, principal: Principal, owner: str, name: str, run_id: str) -> tuple[Run, bool]:
+    repository = visible_repository(db, principal, f"{owner}/{name}")
+    run = db.get(Run, run_id)
+    if run is None or run.repository_id != repository.id:
+        raise HTTPException(404, f"{owner}/{name} has no run {run_id[:40]}")
+    show = may_see_callers(db, principal, repository) or (principal.name is not None and run.caller == principal.name)
+    return run, show
+
+
+@router.get("/{owner}/{name}/runs")
+def list_runs(owner: str, name: str, status: str | None = None, source: str | None = None,
+              limit: int = Query(default=50, ge=1, le=500), offset: int = Query(default=0, ge=0),
+              db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
+    """Runs of a repository, newest first, filtered by status (queued, running, succeeded, failed) or source
+    (api, demo, async)."""
+    repository = visible_repository(db, principal, f"{owner}/{name}")
+    query = select(Run).where(Run.repository_id == repository.id).order_by(Run.created_at.desc())
+    if status:
+        query = query.where(Run.status == status)
+    if source:
+        query = query.where(Run.source == source)
+    show = may_see_callers(db, principal, repository)
+    return [run_json(run, show or (principal.name is not None and run.caller == principal.name))
+            for run in db.scalars(query.offset(offset).limit(limit))]
+
+
+@router.post("/{owner}/{name_ref}/runs", status_code=202)
+async def start_run(owner: str, name_ref: str, request: Request, db: Session = Depends(get_db),
+                    principal: Principal = Depends(get_principal)) -> JSONResponse:
+    """Queue a prediction and answer at once with its id; follow it at ``…/runs/{id}`` or ``…/runs/{id}/events``."""
+    name, reference = split_reference(name_ref)
+    try:
+        version = resolve_version(db, principal, f"{owner}/{name}", reference)
+    except LookupError as error:
+        raise HTTPException(404, str(error)) from None
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(422, "the body must be JSON like {\"inputs\": {...}}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), dict):
+        raise HTTPException(422, "the body must be a JSON object with an \"inputs\" object")
+    context = request.app.state.context
+    inputs = await run_in_threadpool(stored_inputs, context.store, body["inputs"])
+    run = Run(id=new_run_id(), repository_id=version.repository.id, digest=version.digest, source="async",
+              caller=principal.name, status="queued", inputs=inputs)
+    db.add(run)
+    db.commit()
+    url = f"/api/v1/repos/{owner}/{name}/runs/{run.id}"
+    return JSONResponse({"id": run.id, "status": "queued", "url": url, "events": f"{url}/events"},
+                        status_code=202, headers={"Location": url})
+
+
+@router.get("/{owner}/{name}/runs/{run_id}")
+def get_run(owner: str, name: str, run_id: str, db: Session = Depends(get_db),
+            principal: Principal = Depends(get_principal)) -> dict[str, Any]:
+    run, show = _visible_run(db, principal, owner, name, run_id)
+    return run_json(run, show)
+
+
+@router.get("/{owner}/{name}/runs/{run_id}/events")
+async def follow_run(owner: str, name: str, run_id: str, request: Request, db: Session = Depends(get_db),
+                     principal: Principal = Depends(get_principal)) -> StreamingResponse:
+    """Server-sent events: one ``status`` event per change, the last one with the whole run."""
+    _visible_run(db, principal, owner, name, run_id)
+    sessions = request.app.state.context.sessions
+
+    def current() -> tuple[str, dict[str, Any]]:
+        with sessions() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            repository = session.get(Repository, run.repository_id)
+            assert repository is not None
+            show = may_see_callers(session, principal, repository) or run.caller == principal.name
+            return run.status, run_json(run, show)
+
+    async def events() -> AsyncIterator[bytes]:
+        last = None
+        while True:
+            status, body = await run_in_threadpool(current)
+            if status != last:
+                yield f"event: status\ndata: {json.dumps(body)}\n\n".encode()
+                last = status
+            if status in TERMINAL:
+                return
+            await asyncio.sleep(EVENT_POLL_SECONDS)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/{owner}/{name}/runs/{run_id}/files/{digest}")
+def get_run_file(owner: str, name: str, run_id: str, digest: str, request: Request, db: Session = Depends(get_db),
+                 principal: Principal = Depends(get_principal)) -> Response:
+    """A file input or output of a run, by its digest."""
+    run, _ = _visible_run(db, principal, owner, name, run_id)
+    files = {v["digest"]: v for v in [*run.inputs.values(), *(run.outputs or {}).values()]
+             if isinstance(v, dict) and "digest" in v}
+    if digest not in files:
+        raise HTTPException(404, f"run {run_id} has no file {digest[:80]}")
+    data = b"".join(request.app.state.context.store.read(digest))
+    return Response(data, media_type=files[digest].get("mime_type", "application/octet-stream"),
+                    headers={"Content-Disposition": f'attachment; filename="{files[digest]["name"]}"'})
+
+
+@router.get("/{owner}/{name_ref}/deployment/logs", response_class=PlainTextResponse)
+def deployment_logs(owner: str, name_ref: str, request: Request, build: bool = False,
+                    lines: int = Query(default=200, ge=1, le=5000), db: Session = Depends(get_db),
+                    principal: Principal = Depends(get_principal)) -> PlainTextResponse:
+    """The environment build's log (``build=true``) or the newest worker's output; needs write access."""
+    name, reference = split_reference(name_ref)
+    visible_repository(db, principal, f"{owner}/{name}", Action.PUSH)
+    try:
+        version = resolve_version(db, principal, f"{owner}/{name}", reference)
+    except LookupError as error:
+        raise HTTPException(404, str(error)) from None
+    deployment = db.scalar(select(Deployment).where(Deployment.repository_id == version.repository.id,
+                                                    Deployment.digest == version.digest))
+    if deployment is None:
+        raise HTTPException(404, f"{owner}/{name_ref} has not been built or run yet")
+    runtime = request.app.state.deployments.runtime
+    if build:
+        if deployment.environment is None:
+            return PlainTextResponse(deployment.build_error or "the build has not finished")
+        return PlainTextResponse(runtime.environments.log(deployment.environment, lines))
+    worker = db.scalar(select(Worker).where(Worker.deployment_id == deployment.id).order_by(Worker.id.desc()))
+    if worker is None:
+        raise HTTPException(404, f"{owner}/{name_ref} has had no worker yet")
+    return PlainTextResponse(runtime.logs(handle_of(worker), lines))
