@@ -331,3 +331,16 @@ def test_logs_of_the_build_and_the_worker_are_for_writers_only(runtime_registry:
     assert owner.get(f"/api/v1/repos/{user}/logged/deployment/logs", params={"build": "true"}).status_code == 200
     _, stranger = runtime_registry.user()
     assert http(runtime_registry.url, stranger).get(f"/api/v1/repos/{user}/logged/deployment/logs").status_code == 403
+
+
+def test_runs_and_logs_in_the_terminal(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    from test_cli import cli
+
+    user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "terminal")
+    assert predict(runtime_registry, f"{user}/terminal", "Dee", token).status_code == 200
+    wait_for(lambda: runs_of(runtime_registry, f"{user}/terminal", token), "the run being recorded")
+    listed = cli(runtime_registry, "runs", f"{user}/terminal", token=token).stdout
+    assert "succeeded" in listed and "Hello, Dee." in listed and "cold" in listed and user in listed
+    assert "hello" in cli(runtime_registry, "logs", f"{user}/terminal", token=token).stdout
+    refused = cli(runtime_registry, "logs", f"{user}/terminal", check=False)
+    assert refused.returncode == 1 and "Not logged in" in refused.stderr

@@ -43,6 +43,8 @@ class Runtime(Protocol):
 
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str: ...
 
+    def build_log(self, environment: str, lines: int = 200) -> str: ...
+
     def journal(self, worker: WorkerHandle) -> Path:
         """Where the worker's run journal (one JSON line per prediction) can be read from here."""
 

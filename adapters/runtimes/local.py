@@ -144,6 +144,9 @@ class LocalRuntime:
         worker.socket.unlink(missing_ok=True)
         shutil.rmtree(self.sandboxes / worker.socket.stem, ignore_errors=True)
 
+    def build_log(self, environment: str, lines: int = 200) -> str:
+        return self.environments.log(environment, lines)
+
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str:
         log = worker.log or self.logs_dir / f"{worker.socket.stem}.log"
         if not log.exists():

@@ -2,7 +2,7 @@
 
 import typer
 
-from modelhall.cli import accounts, bundles, models, server
+from modelhall.cli import accounts, bundles, models, runs, server
 
 app = typer.Typer(help="Share trained models as live, reproducible demos.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -17,5 +17,7 @@ app.command()(server.up)
 app.command()(models.serve)
 app.command("runner", hidden=True, help="The model server a runtime starts (same as serve).")(models.serve)
 app.command()(models.predict)
+app.command()(runs.runs)
+app.command()(runs.logs)
 app.add_typer(accounts.admin, name="admin")
 app.add_typer(models.importer, name="import")

@@ -67,7 +67,10 @@ class RegistryAuth(httpx.Auth):
         challenge = response.headers.get("www-authenticate", "")
         if response.status_code != 401 or not challenge.lower().startswith("bearer"):
             return
-        self._bearer = self._fetch_token(_challenge_parameters(challenge))
+        parameters = _challenge_parameters(challenge)
+        if "realm" not in parameters:  # a plain "log in first", not the token flow
+            return
+        self._bearer = self._fetch_token(parameters)
         request.headers["Authorization"] = self._bearer
         yield request
 

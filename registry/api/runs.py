@@ -164,7 +164,7 @@ def deployment_logs(owner: str, name_ref: str, request: Request, build: bool = F
     if build:
         if deployment.environment is None:
             return PlainTextResponse(deployment.build_error or "the build has not finished")
-        return PlainTextResponse(runtime.environments.log(deployment.environment, lines))
+        return PlainTextResponse(runtime.build_log(deployment.environment, lines))
     worker = db.scalar(select(Worker).where(Worker.deployment_id == deployment.id).order_by(Worker.id.desc()))
     if worker is None:
         raise HTTPException(404, f"{owner}/{name_ref} has had no worker yet")
