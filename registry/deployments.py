@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from contextlib import contextmanager
-from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +45,39 @@ def worker_client(worker: WorkerHandle, timeout: float | None = None) -> httpx.A
 
 def handle_of(worker: Worker) -> WorkerHandle:
     return WorkerHandle(Path(worker.socket), worker.pid)
+
+
+class Overloaded(RuntimeError):
+    """Every prediction slot is busy and the waiting line is full."""
+
+
+class Admission:
+    """At most ``concurrency`` predictions in flight, ``queue`` more waiting, the rest refused.
+
+    Kept in this process: it guards the workers this registry talks to.
+    """
+
+    def __init__(self, concurrency: int, queue: int):
+        self.queue = queue
+        self._slots = asyncio.Semaphore(concurrency)
+        self._waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked():
+            if self._waiting >= self.queue:
+                raise Overloaded("every prediction slot is busy and the queue is full")
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+        else:
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 class DeploymentFailed(RuntimeError):
@@ -78,6 +111,11 @@ class Version:
     def min_replicas(self) -> int:
         return int(self.spec.get("scaling", {}).get("min", 0))
 
+    @property
+    def concurrency(self) -> tuple[int, int]:
+        scaling = self.spec.get("scaling", {})
+        return int(scaling.get("concurrency", 4)), int(scaling.get("queue", 16))
+
 
 def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
@@ -91,6 +129,7 @@ class Deployments:
         self.bundles = context.settings.data_dir / "bundles"
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._starting: dict[int, asyncio.Task[WorkerHandle]] = {}
+        self._admissions: dict[tuple[int, str], Admission] = {}
         self.journals = JournalReader(context, runtime)
 
     # --- the database side -------------------------------------------------------------
@@ -196,6 +235,12 @@ class Deployments:
         except TimeoutError:
             raise StillStarting(f"{version.repository.name} is still starting after {self.wake_timeout:g} s") from None
         return Awake(worker, cold=True, deployment_id=deployment_id)
+
+    def admission(self, version: Version) -> Admission:
+        key = (version.repository.id, version.digest)
+        if key not in self._admissions:
+            self._admissions[key] = Admission(*version.concurrency)
+        return self._admissions[key]
 
     def collect_runs(self, deployment_id: int | None = None) -> int:
         """Copy new journal lines of running workers (of one deployment, or all) into the run history."""

@@ -28,7 +28,14 @@ from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker
 from modelhall.adapters.runtimes.base import WorkerHandle
-from modelhall.registry.deployments import DeploymentFailed, Deployments, StillStarting, Version, worker_client
+from modelhall.registry.deployments import (
+    DeploymentFailed,
+    Deployments,
+    Overloaded,
+    StillStarting,
+    Version,
+    worker_client,
+)
 from modelhall.registry.runs import new_run_id
 
 router = APIRouter()
@@ -99,22 +106,25 @@ class WorkerClients:
             await client.aclose()
 
 
-async def proxy(request: Request, worker: WorkerHandle, path: str, prefix: str, extra: dict[str, str],
-                after: BackgroundTask | None = None) -> Response:
+async def proxy(request: Request, worker: WorkerHandle, path: str, prefix: str, extra: dict[str, str]) -> Response:
     """Stream ``request`` to ``worker`` and the answer back (server-sent events included)."""
     client = request.app.state.worker_clients.get(worker)
     upstream = client.build_request(request.method, f"/{path}", params=request.query_params,
                                     headers=_forward_headers(request, prefix, extra), content=request.stream())
     response = await client.send(upstream, stream=True)
     headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}  # raw bytes: keep their encoding
-
-    async def finish() -> None:
-        await response.aclose()
-        if after is not None:
-            await after()
-
     return StreamingResponse(response.aiter_raw(), status_code=response.status_code, headers=headers,
-                             background=BackgroundTask(finish))
+                             background=BackgroundTask(response.aclose))
+
+
+async def forward(request: Request, worker: WorkerHandle, path: str, prefix: str, extra: dict[str, str],
+                  after: BackgroundTask | None = None) -> Response:
+    """One prediction to ``worker``, answered whole (so its slot is held until it is done)."""
+    client = request.app.state.worker_clients.get(worker)
+    response = await client.request(request.method, f"/{path}", params=request.query_params,
+                                    headers=_forward_headers(request, prefix, extra), content=await request.body())
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
+    return Response(response.content, status_code=response.status_code, headers=headers, background=after)
 
 
 def _wants_html(request: Request) -> bool:
@@ -148,7 +158,15 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
     after = None
     if run_id:  # an API prediction: put it in the run history as soon as it is answered
         after = BackgroundTask(run_in_threadpool, deployments(request).collect_runs, awake.deployment_id)
-    return await proxy(request, awake.worker, path, prefix, run_headers(principal.name, awake.cold, run_id), after)
+    headers = run_headers(principal.name, awake.cold, run_id)
+    if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself
+        return await proxy(request, awake.worker, path, prefix, headers)
+    try:
+        async with deployments(request).admission(version).slot():
+            return await forward(request, awake.worker, path, prefix, headers, after)
+    except Overloaded as error:
+        return JSONResponse({"status": "busy", "detail": str(error)}, status_code=429,
+                            headers={"Retry-After": RETRY_AFTER})
 
 
 @router.api_route("/demo/{owner}/{name_ref}", methods=["GET"], include_in_schema=False)
@@ -205,7 +223,12 @@ async def execute_async_run(app: FastAPI, run_id: str, repository: Repository, d
     except (DeploymentFailed, StillStarting) as error:
         return "failed", None, str(error), None
     client = app.state.worker_clients.get(awake.worker)
-    response = await client.post("/predict", json={"inputs": inputs}, headers=run_headers(caller, awake.cold, run_id))
+    try:
+        async with deployments.admission(version).slot():
+            response = await client.post("/predict", json={"inputs": inputs},
+                                         headers=run_headers(caller, awake.cold, run_id))
+    except Overloaded as error:
+        return "failed", None, str(error), None
     body = response.json()
     if response.status_code != 200:
         return "failed", None, body.get("error", {}).get("message", response.text[:500]), None

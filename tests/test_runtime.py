@@ -344,3 +344,22 @@ def test_runs_and_logs_in_the_terminal(runtime_registry: RegistryServer, tmp_pat
     assert "hello" in cli(runtime_registry, "logs", f"{user}/terminal", token=token).stdout
     refused = cli(runtime_registry, "logs", f"{user}/terminal", check=False)
     assert refused.returncode == 1 and "Not logged in" in refused.stderr
+
+
+def test_beyond_the_concurrency_limit_and_queue_callers_get_429(runtime_registry: RegistryServer,
+                                                               tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle = quick_hello(tmp_path, idle_timeout=300)
+    (bundle / "predict.py").write_text("import time\n\ndef predict(name, style='plain'):\n"
+                                       "    time.sleep(1.5)\n    return name\n")
+    spec = (bundle / "modelhall.yaml").read_text()
+    (bundle / "modelhall.yaml").write_text(spec.replace("idle_timeout: 300}", "idle_timeout: 300, concurrency: 1, queue: 1}"))
+    user, _, _ = push(runtime_registry, bundle, "busy")
+    assert predict(runtime_registry, f"{user}/busy", "warm-up").status_code == 200
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(lambda i: predict(runtime_registry, f"{user}/busy", f"n{i}"), range(4)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 200, 429, 429]
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["retry-after"] == "2" and refused.json()["status"] == "busy"

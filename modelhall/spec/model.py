@@ -71,6 +71,8 @@ class Scaling(_Section):
     min: int = Field(default=0, ge=0)
     max: int = Field(default=1, ge=1)
     idle_timeout: float = Field(default=300, gt=0, description="seconds without a request before scaling to zero")
+    concurrency: int = Field(default=4, ge=1, description="predictions one worker runs at once")
+    queue: int = Field(default=16, ge=0, description="predictions that may wait for a free slot; beyond: 429")
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Scaling:
