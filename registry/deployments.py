@@ -5,8 +5,13 @@ second replica or a restarted registry needs — build status, workers with pid 
 last request — is in the database; this process only keeps locks and handles.
 
     sleeping ──request──▶ starting ──/healthz 200──▶ running ──idle timeout──▶ sleeping
-                              │                          │
+                              │                       │    ▲
+                              │             worker dies│    │restarted after 1, 2, 4 s
+                              │                       ▼    │
+                              │                    crashed ─┘  (a 4th crash in a row: failed)
                               └──exits or times out──▶ failed (with the worker's last log lines)
+
+A request to a failed deployment tries once more (and resets the crash count).
 """
 
 from __future__ import annotations
@@ -35,12 +40,20 @@ from modelhall.registry.runs import JournalReader
 
 HEALTH_POLL_SECONDS = 0.1
 LOG_LINES_ON_FAILURE = 20
+MAX_RESTARTS = 3
+RESTART_BACKOFF_SECONDS = (1.0, 2.0, 4.0)
 
 
 def worker_client(worker: WorkerHandle, timeout: float | None = None) -> httpx.AsyncClient:
     """An HTTP client that talks to ``worker`` over its Unix socket."""
     return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(worker.socket)), base_url="http://worker",
                              timeout=httpx.Timeout(timeout, connect=10))
+
+
+def _settled(task: asyncio.Task[WorkerHandle]) -> None:
+    """A start's failure is already in the database; mark it seen so asyncio does not warn."""
+    if not task.cancelled():
+        task.exception()
 
 
 def handle_of(worker: Worker) -> WorkerHandle:
@@ -226,7 +239,8 @@ class Deployments:
                 live = await run_in_threadpool(self._live_worker, deployment_id)
                 if live:
                     return Awake(live, cold=False, deployment_id=deployment_id)
-                task = asyncio.create_task(self._start(deployment_id, version))
+                task = asyncio.create_task(self._start(deployment_id, version, restarts=0))
+                task.add_done_callback(_settled)
                 self._starting[deployment_id] = task
         if not wait:
             raise StillStarting(f"{version.repository.name} is starting")
@@ -256,9 +270,10 @@ class Deployments:
             added += self.journals.collect(handle, repository_id, digest)
         return added
 
-    async def _start(self, deployment_id: int, version: Version) -> WorkerHandle:
+    async def _start(self, deployment_id: int, version: Version, restarts: int) -> WorkerHandle:
         bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
-        await run_in_threadpool(self._update, deployment_id, state="starting", state_detail=None, desired_replicas=1)
+        await run_in_threadpool(self._update, deployment_id, state="starting", state_detail=None, desired_replicas=1,
+                                restarts=restarts)
         handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest)
         await run_in_threadpool(self._record_worker, deployment_id, handle, "starting")
         try:
@@ -324,7 +339,8 @@ class Deployments:
             for worker in db.scalars(select(Worker).where(Worker.state.in_(("starting", "ready")))):
                 if not self.runtime.alive(handle_of(worker)):
                     worker.state, worker.stopped_at = "crashed", utcnow()
-            for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running")))):
+            for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running",
+                                                                                         "crashed")))):
                 alive = db.scalar(select(Worker).where(Worker.deployment_id == deployment.id, Worker.state == "ready"))
                 if alive is None:
                     deployment.state, deployment.desired_replicas = "sleeping", 0
@@ -340,9 +356,50 @@ class Deployments:
                 deployment.state, deployment.desired_replicas = "sleeping", 0
             db.commit()
 
+    def _crashed(self) -> list[tuple[int, Version, int, str]]:
+        """Running deployments whose worker died: (deployment, version, restarts so far, its last log lines)."""
+        found = []
+        with self.context.sessions() as db:
+            for deployment in db.scalars(select(Deployment).where(Deployment.state == "running")):
+                workers = db.scalars(select(Worker).where(Worker.deployment_id == deployment.id,
+                                                          Worker.state == "ready")).all()
+                dead = [w for w in workers if not self.runtime.alive(handle_of(w))]
+                if not dead or len(dead) < len(workers):
+                    continue
+                log = self.runtime.logs(handle_of(dead[-1]), LOG_LINES_ON_FAILURE)
+                for worker in dead:
+                    self.journals.collect(handle_of(worker), deployment.repository_id, deployment.digest)
+                    self.runtime.stop(handle_of(worker))
+                    worker.state, worker.stopped_at = "crashed", utcnow()
+                repository = db.get(Repository, deployment.repository_id)
+                assert repository is not None
+                version = Version(repository, deployment.digest, self._spec_of(db, deployment))
+                deployment.state = "crashed"
+                found.append((deployment.id, version, deployment.restarts, log))
+            db.commit()
+        return found
+
+    async def restart_crashed(self) -> None:
+        """Restart workers that died, waiting longer each time; after MAX_RESTARTS in a row, give up."""
+        for deployment_id, version, restarts, log in await run_in_threadpool(self._crashed):
+            if restarts >= MAX_RESTARTS:
+                await run_in_threadpool(self._update, deployment_id, state="failed", desired_replicas=0,
+                                        state_detail=f"the worker crashed {restarts + 1} times in a row; "
+                                                     f"its last output:\n{log}")
+                continue
+            delay = RESTART_BACKOFF_SECONDS[min(restarts, len(RESTART_BACKOFF_SECONDS) - 1)]
+            task = asyncio.create_task(self._restart(deployment_id, version, restarts + 1, delay))
+            task.add_done_callback(_settled)
+            self._starting[deployment_id] = task
+
+    async def _restart(self, deployment_id: int, version: Version, restarts: int, delay: float) -> WorkerHandle:
+        await asyncio.sleep(delay)
+        return await self._start(deployment_id, version, restarts=restarts)
+
     async def run_reaper(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
             await run_in_threadpool(self.collect_runs)
+            await self.restart_crashed()
             await run_in_threadpool(self.sleep_idle)
 

@@ -44,6 +44,13 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 FORWARDED = {"x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "x-forwarded-for", "x-gradio-server",
              "x-modelhall-run", "x-modelhall-caller", "x-modelhall-cold"}
 RETRY_AFTER = "2"
+
+
+def worker_gone() -> JSONResponse:
+    return JSONResponse({"status": "crashed", "detail": "the model's worker stopped answering; it is restarted "
+                         "automatically, try again shortly"}, status_code=502, headers={"Retry-After": RETRY_AFTER})
+
+
 STARTING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
 <title>Starting {name}…</title><style>body{{font-family:sans-serif;margin:4rem;color:#333}}</style></head>
 <body><h1>Starting {name}…</h1><p>The model was asleep and is waking up. This page reloads by itself.</p></body></html>"""
@@ -111,7 +118,10 @@ async def proxy(request: Request, worker: WorkerHandle, path: str, prefix: str, 
     client = request.app.state.worker_clients.get(worker)
     upstream = client.build_request(request.method, f"/{path}", params=request.query_params,
                                     headers=_forward_headers(request, prefix, extra), content=request.stream())
-    response = await client.send(upstream, stream=True)
+    try:
+        response = await client.send(upstream, stream=True)
+    except httpx.TransportError:
+        return worker_gone()
     headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}  # raw bytes: keep their encoding
     return StreamingResponse(response.aiter_raw(), status_code=response.status_code, headers=headers,
                              background=BackgroundTask(response.aclose))
@@ -121,8 +131,11 @@ async def forward(request: Request, worker: WorkerHandle, path: str, prefix: str
                   after: BackgroundTask | None = None) -> Response:
     """One prediction to ``worker``, answered whole (so its slot is held until it is done)."""
     client = request.app.state.worker_clients.get(worker)
-    response = await client.request(request.method, f"/{path}", params=request.query_params,
-                                    headers=_forward_headers(request, prefix, extra), content=await request.body())
+    try:
+        response = await client.request(request.method, f"/{path}", params=request.query_params,
+                                        headers=_forward_headers(request, prefix, extra), content=await request.body())
+    except httpx.TransportError:
+        return worker_gone()
     headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
     return Response(response.content, status_code=response.status_code, headers=headers, background=after)
 

@@ -20,7 +20,7 @@ from modelhall.templates import template_path
 from oci_helpers import http, push_packed
 
 IDLE_TIMEOUT = 2
-SETTLE_SECONDS = 30  # upper bound for a worker to start or stop; the loops below end as soon as it has
+SETTLE_SECONDS = 45  # upper bound for a worker to start or stop; the loops below end as soon as it has
 
 
 @pytest.fixture
@@ -363,3 +363,34 @@ def test_beyond_the_concurrency_limit_and_queue_callers_get_429(runtime_registry
     assert codes == [200, 200, 429, 429]
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.headers["retry-after"] == "2" and refused.json()["status"] == "busy"
+
+
+def test_a_crashed_worker_is_restarted(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    bundle = quick_hello(tmp_path, idle_timeout=300)
+    (bundle / "predict.py").write_text("import os\n\ndef predict(name, style='plain'):\n"
+                                       "    if name == 'die':\n        os._exit(3)\n    return name\n")
+    user, _, _ = push(runtime_registry, bundle, "phoenix")
+    assert predict(runtime_registry, f"{user}/phoenix", "a").status_code == 200
+    [first] = status(runtime_registry, f"{user}/phoenix")["workers"]
+    died = predict(runtime_registry, f"{user}/phoenix", "die")
+    assert (died.status_code, died.json()["status"]) == (502, "crashed")
+    wait_for(lambda: status(runtime_registry, f"{user}/phoenix")["state"] == "running"
+             and len(status(runtime_registry, f"{user}/phoenix")["workers"]) == 2, "the worker being restarted")
+    assert [w["state"] for w in status(runtime_registry, f"{user}/phoenix")["workers"]] == ["crashed", "ready"]
+    assert predict(runtime_registry, f"{user}/phoenix", "back").json()["outputs"] == {"greeting": "back"}
+    assert first["pid"] not in [w["pid"] for w in status(runtime_registry, f"{user}/phoenix")["workers"][1:]]
+
+
+def test_a_crash_looping_model_ends_failed_with_its_last_output(runtime_registry: RegistryServer,
+                                                               tmp_path: Path) -> None:
+    bundle = quick_hello(tmp_path, idle_timeout=300)
+    (bundle / "predict.py").write_text(
+        "import os, sys, threading\n\nprint('segfault in native code (simulated)', flush=True)\n"
+        "threading.Timer(0.5, lambda: os._exit(11)).start()\n\ndef predict(name, style='plain'):\n    return name\n")
+    user, _, _ = push(runtime_registry, bundle, "looping")
+    predict(runtime_registry, f"{user}/looping", "a")
+    wait_for(lambda: status(runtime_registry, f"{user}/looping")["state"] == "failed", "giving up on the crash loop")
+    final = status(runtime_registry, f"{user}/looping")
+    assert final["detail"].startswith("the worker crashed 4 times in a row; its last output:")
+    assert "segfault in native code (simulated)" in final["detail"]
+    assert len(final["workers"]) == 4 and {w["state"] for w in final["workers"]} == {"crashed"}

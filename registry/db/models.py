@@ -163,6 +163,7 @@ class Deployment(Base):
     state: Mapped[str] = mapped_column(String(16), default="sleeping")  # sleeping|starting|running|failed
     state_detail: Mapped[str | None] = mapped_column(Text)
     desired_replicas: Mapped[int] = mapped_column(default=0)
+    restarts: Mapped[int] = mapped_column(default=0)
     last_request_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

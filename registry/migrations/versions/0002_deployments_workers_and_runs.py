@@ -24,6 +24,7 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('state_detail', sa.Text(), nullable=True),
     sa.Column('desired_replicas', sa.Integer(), nullable=False),
+    sa.Column('restarts', sa.Integer(), nullable=False),
     sa.Column('last_request_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
