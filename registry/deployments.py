@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from modelhall.adapters.runtimes.base import Build, Runtime, WorkerHandle
+from modelhall.adapters.runtimes.base import Build, Runtime, UnschedulableError, WorkerHandle
 from modelhall.bundle import unpack_layers
 from modelhall.bundle.unpack import IteratorReader
 from modelhall.registry.context import RegistryContext
@@ -95,6 +95,10 @@ class Admission:
 
 class DeploymentFailed(RuntimeError):
     """The version could not be built or its worker did not become ready."""
+
+
+class Unschedulable(DeploymentFailed):
+    """The runtime has nowhere to run the version now (no GPU free)."""
 
 
 class StillStarting(RuntimeError):
@@ -274,7 +278,12 @@ class Deployments:
         bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
         await run_in_threadpool(self._update, deployment_id, state="starting", state_detail=None, desired_replicas=1,
                                 restarts=restarts)
-        handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest)
+        try:
+            handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest)
+        except UnschedulableError as error:
+            await run_in_threadpool(self._update, deployment_id, state="unschedulable", state_detail=str(error),
+                                    desired_replicas=0)
+            raise Unschedulable(str(error)) from error
         await run_in_threadpool(self._record_worker, deployment_id, handle, "starting")
         try:
             await self._wait_ready(handle)

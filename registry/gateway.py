@@ -33,6 +33,7 @@ from modelhall.registry.deployments import (
     Deployments,
     Overloaded,
     StillStarting,
+    Unschedulable,
     Version,
     worker_client,
 )
@@ -166,6 +167,8 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
                                 headers={"Retry-After": RETRY_AFTER})
         return JSONResponse({"status": "starting", "detail": str(starting)}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER})
+    except Unschedulable as error:
+        return JSONResponse({"status": "unschedulable", "detail": str(error)}, status_code=503)
     except DeploymentFailed as error:
         return JSONResponse({"status": "failed", "detail": str(error)}, status_code=502)
     after = None

@@ -394,3 +394,40 @@ def test_a_crash_looping_model_ends_failed_with_its_last_output(runtime_registry
     assert final["detail"].startswith("the worker crashed 4 times in a row; its last output:")
     assert "segfault in native code (simulated)" in final["detail"]
     assert len(final["workers"]) == 4 and {w["state"] for w in final["workers"]} == {"crashed"}
+
+
+def test_a_model_over_its_memory_limit_fails_that_prediction_only(runtime_registry: RegistryServer,
+                                                                  tmp_path: Path) -> None:
+    bundle = quick_hello(tmp_path, idle_timeout=300)
+    (bundle / "predict.py").write_text("def predict(name, style='plain'):\n"
+                                       "    if name == 'greedy':\n        hoard = bytearray(3 * 1024**3)\n"
+                                       "        return str(len(hoard))\n    return name\n")
+    spec = (bundle / "modelhall.yaml").read_text()
+    (bundle / "modelhall.yaml").write_text(spec + "resources: {cpu: 1, memory: 1Gi}\n")
+    user, _, _ = push(runtime_registry, bundle, "greedy")
+    greedy = predict(runtime_registry, f"{user}/greedy", "greedy")
+    assert greedy.status_code == 500
+    assert greedy.json()["error"]["message"] == "the model failed: MemoryError: "
+    assert predict(runtime_registry, f"{user}/greedy", "modest").json()["outputs"] == {"greeting": "modest"}
+
+
+@pytest.fixture
+def gpu_registry(database_kind: str, tmp_path: Path) -> Iterator[RegistryServer]:
+    """A registry told this machine has no GPUs, whatever it really has (MODELHALL_GPUS)."""
+    yield from serve_registry(database_kind, tmp_path / "registry", {"MODELHALL_GPUS": ""})
+
+
+@pytest.mark.parametrize(("gpu", "expected"), [("{count: 1}", 503), ("{count: 1, cpu_fallback: true}", 200)])
+def test_a_model_that_needs_a_gpu(gpu_registry: RegistryServer, tmp_path: Path, gpu: str, expected: int) -> None:
+    bundle = quick_hello(tmp_path, idle_timeout=300)
+    spec = (bundle / "modelhall.yaml").read_text()
+    (bundle / "modelhall.yaml").write_text(spec + f"resources: {{cpu: 1, memory: 2Gi, gpu: {gpu}}}\n")
+    user, _, _ = push(gpu_registry, bundle, "needs-gpu")
+    response = predict(gpu_registry, f"{user}/needs-gpu", "x")
+    if expected == 200:
+        assert response.json()["outputs"] == {"greeting": "Hello, x."}
+        return
+    assert response.status_code == 503
+    assert response.json() == {"status": "unschedulable", "detail": "no GPU available: the model needs 1, 0 of 0 are "
+                               "free on this machine (set resources.gpu.cpu_fallback: true to run it on the CPU)"}
+    assert status(gpu_registry, f"{user}/needs-gpu")["state"] == "unschedulable"

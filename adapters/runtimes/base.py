@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Protocol
 
 
+class UnschedulableError(RuntimeError):
+    """The runtime has nowhere to run this worker now (no GPU free); a state, not a crash."""
+
+
 @dataclass(frozen=True)
 class WorkerHandle:
     socket: Path

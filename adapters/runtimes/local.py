@@ -30,7 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
-from modelhall.adapters.runtimes.base import Build, WorkerHandle
+from modelhall.adapters.runtimes.base import Build, UnschedulableError, WorkerHandle
 from modelhall.adapters.runtimes.environments import (
     EnvironmentBuilder,
     EnvironmentSpec,
@@ -38,8 +38,23 @@ from modelhall.adapters.runtimes.environments import (
     parse_requirements,
     split_by_installed,
 )
-from modelhall.adapters.runtimes.sandbox import bwrap_command, bwrap_path, limits, platform_paths
+from modelhall.adapters.runtimes.sandbox import bwrap_command, bwrap_path, gpu_devices, limits, platform_paths
 from modelhall.spec import Spec, load_spec_file
+
+class NoGPUError(UnschedulableError):
+    """The spec asks for GPUs this machine does not have free, and allows no CPU fallback."""
+
+
+def detect_gpus() -> list[str]:
+    """GPU ids on this machine: ``MODELHALL_GPUS`` (e.g. "0,1") or what ``nvidia-smi -L`` lists."""
+    configured = os.environ.get("MODELHALL_GPUS")
+    if configured is not None:
+        return [gpu for gpu in configured.split(",") if gpu.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    return [str(index) for index, line in enumerate(listed.splitlines()) if line.startswith("GPU ")]
+
 
 PLATFORM_PTH = "modelhall-platform.pth"
 JOURNAL = "runs.jsonl"
@@ -56,6 +71,8 @@ class LocalRuntime:
         self.sandboxed = bwrap_path() is not None if sandboxed is None else sandboxed
         self.environments = EnvironmentBuilder(self.data_dir / "environments", self.data_dir / "uv-cache",
                                                index_args=index_args)
+        self.gpus = detect_gpus()
+        self._gpu_holders: dict[str, Path] = {}  # GPU id → the socket of the worker using it
 
     def build(self, bundle: Path) -> Build:
         spec = load_spec_file(bundle)
@@ -76,6 +93,23 @@ class LocalRuntime:
         platform = sysconfig.get_paths()["purelib"]
         (site_packages / PLATFORM_PTH).write_text(f"import site; site.addsitedir({platform!r})\n")
 
+    def _assign_gpus(self, spec: Spec, socket: Path) -> list[str]:
+        wanted = spec.resources.gpu.count
+        if wanted == 0:
+            return []
+        for gpu, holder in list(self._gpu_holders.items()):
+            if not holder.exists():  # its worker is gone
+                del self._gpu_holders[gpu]
+        free = [gpu for gpu in self.gpus if gpu not in self._gpu_holders]
+        if len(free) < wanted:
+            if spec.resources.gpu.cpu_fallback:
+                return []
+            raise NoGPUError(f"no GPU available: the model needs {wanted}, {len(free)} of {len(self.gpus)} are free "
+                             "on this machine (set resources.gpu.cpu_fallback: true to run it on the CPU)")
+        for gpu in free[:wanted]:
+            self._gpu_holders[gpu] = socket
+        return free[:wanted]
+
     def start(self, bundle: Path, build: Build, digest: str) -> WorkerHandle:
         spec = load_spec_file(bundle)
         name = f"{digest.split(':')[-1][:12]}-{uuid.uuid4().hex[:6]}"
@@ -84,19 +118,21 @@ class LocalRuntime:
         private_tmp = self.sandboxes / name / "tmp"
         private_tmp.mkdir(parents=True)
         socket = self.sockets / f"{name}.sock"
+        gpus = self._assign_gpus(spec, socket)
         environment = self.environments.root / build.environment
         command = [str(environment / "bin" / "python"), "-m", "modelhall", "runner", str(bundle), "--uds", str(socket),
                    "--digest", digest]
         if self.sandboxed:
             command = bwrap_command(command, readable=[bundle, environment, *platform_paths()], private_tmp=private_tmp,
-                                    writable=[self.sockets], workdir=bundle, network=spec.runtime.network)
+                                    writable=[self.sockets], workdir=bundle, network=spec.runtime.network,
+                                    devices=gpu_devices(gpus))
         log = self.logs_dir / f"{name}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
                 command, cwd=bundle, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives a registry restart, which adopts it again
                 preexec_fn=limits(spec.resources.memory, spec.resources.cpu),
-                env=self._environment(spec, private_tmp),
+                env={**self._environment(spec, private_tmp), "CUDA_VISIBLE_DEVICES": ",".join(gpus)},
             )
         return WorkerHandle(socket=socket, pid=process.pid, log=log)
 

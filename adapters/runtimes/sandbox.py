@@ -43,8 +43,16 @@ def platform_paths() -> list[Path]:
     return sorted(paths)
 
 
+def gpu_devices(gpus: list[str]) -> list[str]:
+    """The device files a worker needs for the NVIDIA GPUs it was given (none for none)."""
+    if not gpus:
+        return []
+    shared = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+    return [d for d in [*shared, *(f"/dev/nvidia{gpu}" for gpu in gpus)] if os.path.exists(d)]
+
+
 def bwrap_command(command: list[str], *, readable: list[Path], private_tmp: Path, writable: list[Path],
-                  workdir: Path, network: bool) -> list[str]:
+                  workdir: Path, network: bool, devices: tuple[str, ...] | list[str] = ()) -> list[str]:
     """``command`` inside a sandbox whose only writable places are ``private_tmp`` (seen as /tmp)
     and ``writable``; everything else it sees is read-only, including the root itself."""
     wrapped = [bwrap_path() or "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -59,6 +67,8 @@ def bwrap_command(command: list[str], *, readable: list[Path], private_tmp: Path
         wrapped += ["--ro-bind", str(path), str(path)]
     for path in writable:
         wrapped += ["--bind", str(path), str(path)]
+    for device in devices:
+        wrapped += ["--dev-bind", device, device]
     return [*wrapped, "--remount-ro", "/", "--chdir", str(workdir), *command]
 
 
