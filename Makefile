@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8600
 
-.PHONY: install demo test bench bench-registry bench-serve clean
+.PHONY: install demo test bench bench-registry bench-serve bench-runtime clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
-bench: bench-registry bench-serve
+bench: bench-registry bench-serve bench-runtime
 
 bench-registry: $(INSTALLED)
 	@command -v docker-registry >/dev/null || (echo "bench-registry compares against Debian's docker-registry: apt-get install docker-registry" && exit 1)
@@ -35,6 +35,9 @@ bench-registry: $(INSTALLED)
 
 bench-serve: $(INSTALLED)
 	$(BIN)/python bench/serve_latency.py
+
+bench-runtime: $(INSTALLED)
+	$(BIN)/python bench/runtime_latency.py
 
 clean:
 	rm -rf $(VENV) .modelhall .bench *.egg-info

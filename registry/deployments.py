@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections import defaultdict
 from contextlib import asynccontextmanager, contextmanager
 from collections.abc import AsyncIterator, Iterator
@@ -38,7 +40,9 @@ from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
 from modelhall.registry.runs import JournalReader
 
+logger = logging.getLogger(__name__)
 HEALTH_POLL_SECONDS = 0.1
+TOUCH_INTERVAL_SECONDS = 1.0  # how stale the recorded last request may get under steady traffic
 LOG_LINES_ON_FAILURE = 20
 MAX_RESTARTS = 3
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 4.0)
@@ -74,6 +78,7 @@ class Admission:
         self.queue = queue
         self._slots = asyncio.Semaphore(concurrency)
         self._waiting = 0
+        self.active = 0
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -87,9 +92,11 @@ class Admission:
                 self._waiting -= 1
         else:
             await self._slots.acquire()
+        self.active += 1
         try:
             yield
         finally:
+            self.active -= 1
             self._slots.release()
 
 
@@ -147,6 +154,9 @@ class Deployments:
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._starting: dict[int, asyncio.Task[WorkerHandle]] = {}
         self._admissions: dict[tuple[int, str], Admission] = {}
+        # Hot path caches, valid only while their worker lives; the database stays the record.
+        self._ready: dict[tuple[int, str], tuple[int, WorkerHandle]] = {}
+        self._touched: dict[int, float] = {}
         self.journals = JournalReader(context, runtime)
 
     # --- the database side -------------------------------------------------------------
@@ -233,9 +243,16 @@ class Deployments:
         With ``wait=False`` a sleeping deployment is started in the background and
         :class:`StillStarting` raised at once, for callers that poll.
         """
+        cached = self._ready.get((version.repository.id, version.digest))
+        if cached and self.runtime.alive(cached[1]):
+            deployment_id, worker = cached
+            if time.monotonic() - self._touched.get(deployment_id, 0) > TOUCH_INTERVAL_SECONDS:
+                await run_in_threadpool(self.touch, deployment_id)
+            return Awake(worker, cold=False, deployment_id=deployment_id)
         deployment_id = await run_in_threadpool(self._deployment, version)
         live = await run_in_threadpool(self._live_worker, deployment_id)
         if live:
+            self._ready[(version.repository.id, version.digest)] = (deployment_id, live)
             return Awake(live, cold=False, deployment_id=deployment_id)
         async with self._locks[deployment_id]:
             task = self._starting.get(deployment_id)
@@ -252,7 +269,13 @@ class Deployments:
             worker = await asyncio.wait_for(asyncio.shield(task), timeout=self.wake_timeout)
         except TimeoutError:
             raise StillStarting(f"{version.repository.name} is still starting after {self.wake_timeout:g} s") from None
+        self._ready[(version.repository.id, version.digest)] = (deployment_id, worker)
         return Awake(worker, cold=True, deployment_id=deployment_id)
+
+    def touch(self, deployment_id: int) -> None:
+        """A request came or went: the idle time starts again."""
+        self._touched[deployment_id] = time.monotonic()
+        self._update(deployment_id, last_request_at=utcnow())
 
     def admission(self, version: Version) -> Admission:
         key = (version.repository.id, version.digest)
@@ -294,7 +317,8 @@ class Deployments:
                                     desired_replicas=0)
             raise
         await run_in_threadpool(self._record_worker, deployment_id, handle, "ready")
-        await run_in_threadpool(self._update, deployment_id, state="running")
+        # idle time counts from when the model could first answer, not from the request that woke it
+        await run_in_threadpool(self._update, deployment_id, state="running", last_request_at=utcnow())
         return handle
 
     async def _wait_ready(self, handle: WorkerHandle) -> None:
@@ -323,7 +347,9 @@ class Deployments:
                 manifest_spec = self._spec_of(db, deployment)
                 version = Version(db.get(Repository, deployment.repository_id), deployment.digest, manifest_spec)
                 last = _aware(deployment.last_request_at) or now
-                if version.min_replicas > 0 or now - last < timedelta(seconds=version.idle_timeout):
+                admission = self._admissions.get((deployment.repository_id, deployment.digest))
+                busy = admission is not None and admission.active > 0
+                if busy or version.min_replicas > 0 or now - last < timedelta(seconds=version.idle_timeout):
                     continue
                 for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment.id,
                                                               Worker.state.in_(("starting", "ready")))):
@@ -406,9 +432,17 @@ class Deployments:
         return await self._start(deployment_id, version, restarts=restarts)
 
     async def run_reaper(self, every: float) -> None:
+        """Collect runs, restart crashed workers, put idle deployments to sleep; forever.
+
+        One failing round is logged and the next one runs: a dead reaper would leave
+        every model awake.
+        """
         while True:
             await asyncio.sleep(every)
-            await run_in_threadpool(self.collect_runs)
-            await self.restart_crashed()
-            await run_in_threadpool(self.sleep_idle)
+            try:
+                await run_in_threadpool(self.collect_runs)
+                await self.restart_crashed()
+                await run_in_threadpool(self.sleep_idle)
+            except Exception:  # noqa: BLE001 - logged, and the loop must go on
+                logger.exception("the deployment reaper's round failed")
 

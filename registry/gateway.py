@@ -145,6 +145,12 @@ def _wants_html(request: Request) -> bool:
     return request.method == "GET" and "text/html" in request.headers.get("accept", "")
 
 
+async def _after_prediction(deployments: Deployments, deployment_id: int) -> None:
+    """After the answer went out: restart the idle clock, and record the run."""
+    await run_in_threadpool(deployments.touch, deployment_id)
+    await run_in_threadpool(deployments.collect_runs, deployment_id)
+
+
 def split_reference(name_and_reference: str) -> tuple[str, str | None]:
     name, _, reference = name_and_reference.partition("@")
     return name, reference or None
@@ -172,8 +178,8 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
     except DeploymentFailed as error:
         return JSONResponse({"status": "failed", "detail": str(error)}, status_code=502)
     after = None
-    if run_id:  # an API prediction: put it in the run history as soon as it is answered
-        after = BackgroundTask(run_in_threadpool, deployments(request).collect_runs, awake.deployment_id)
+    if run_id:  # an API prediction: restart the idle clock, and put it in the run history once answered
+        after = BackgroundTask(_after_prediction, deployments(request), awake.deployment_id)
     headers = run_headers(principal.name, awake.cold, run_id)
     if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself
         return await proxy(request, awake.worker, path, prefix, headers)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +23,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from modelhall.adapters.models import ModelError, open_adapter
-from modelhall.spec import Spec
+from modelhall.spec import Spec, load_spec_file
 from modelhall.showcase.values import Upload, normalise_outputs, parse_inputs
 
 KEPT_CALLS = 64
@@ -124,6 +126,7 @@ class ModelRunner:
         self.error: str | None = None
         self.metrics = Metrics()
         self._adapter = open_adapter(spec, bundle)
+        self._loader: threading.Thread | None = None
 
     def load(self) -> None:
         started = time.perf_counter()
@@ -137,10 +140,11 @@ class ModelRunner:
         self.metrics.ready.set(1)
         self.health = Health.READY
 
-    def start_loading(self) -> threading.Thread:
-        thread = threading.Thread(target=self.load, name="model-load", daemon=True)
-        thread.start()
-        return thread
+    def start_loading(self) -> None:
+        """Load in a background thread (once), so the server can answer /healthz meanwhile."""
+        if self._loader is None:
+            self._loader = threading.Thread(target=self.load, name="model-load", daemon=True)
+            self._loader.start()
 
     def predict(self, raw: Mapping[str, Any], context: RunContext = RunContext()) -> Prediction:
         """Check ``raw`` against the spec, run the model, normalise what it returned.
@@ -183,3 +187,13 @@ class ModelRunner:
         calls = sorted(self.scratch.iterdir(), key=lambda p: p.stat().st_mtime_ns) if self.scratch.exists() else []
         for old in calls[:-KEPT_CALLS]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def open_runner(bundle: Path, digest: str | None = None, scratch: Path | None = None,
+                journal: Path | None = None) -> ModelRunner:
+    """The runner for the bundle in ``bundle``; with ``journal`` (or ``MODELHALL_RUN_JOURNAL``)
+    every prediction is also written there for the registry's run history."""
+    bundle = bundle.resolve()
+    scratch = scratch or Path(tempfile.mkdtemp(prefix="modelhall-serve-"))
+    journal = journal or (Path(os.environ["MODELHALL_RUN_JOURNAL"]) if os.environ.get("MODELHALL_RUN_JOURNAL") else None)
+    return ModelRunner(load_spec_file(bundle), bundle, scratch, digest, RunJournal(journal) if journal else None)

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,9 +24,8 @@ from starlette.datastructures import UploadFile
 
 from modelhall.adapters.models import ModelError
 from modelhall.showcase.demo import build_demo
-from modelhall.showcase.runner import Health, ModelRunner, NotReadyError, RunContext, RunJournal
+from modelhall.showcase.runner import Health, ModelRunner, NotReadyError, RunContext
 from modelhall.showcase.values import InputError, Upload, coerce_text_values, request_schema, to_json
-from modelhall.spec import load_spec_file
 
 RETRY_AFTER_SECONDS = "5"
 
@@ -59,27 +56,22 @@ def read_model_card(bundle: Path) -> str | None:
     return ModelCard.load(readme).text.strip() if readme.exists() else None
 
 
-def create_server(bundle: Path, digest: str | None = None, scratch: Path | None = None,
-                  journal: Path | None = None) -> FastAPI:
-    """The model server for ``bundle``; with ``journal`` (or ``MODELHALL_RUN_JOURNAL``) every
-    prediction is also written there for the registry's run history."""
-    bundle = bundle.resolve()
-    spec = load_spec_file(bundle)
-    scratch = scratch or Path(tempfile.mkdtemp(prefix="modelhall-serve-"))
-    journal = journal or (Path(os.environ["MODELHALL_RUN_JOURNAL"]) if os.environ.get("MODELHALL_RUN_JOURNAL") else None)
-    runner = ModelRunner(spec, bundle, scratch, digest, RunJournal(journal) if journal else None)
+def create_server(runner: ModelRunner) -> FastAPI:
+    """The model server around ``runner`` (see :func:`open_runner`); it starts loading the model
+    at startup unless that was started already — the CLI starts it first, so the model loads
+    while Gradio is imported."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         runner.start_loading()
         yield
 
-    app = FastAPI(title=f"{spec.name} · Modelhall model server", lifespan=lifespan)
+    app = FastAPI(title=f"{runner.spec.name} · Modelhall model server", lifespan=lifespan)
     app.add_middleware(ForwardedPrefix)
     app.state.runner = runner
     _add_api_routes(app, runner)
-    return gr.mount_gradio_app(app, build_demo(runner, read_model_card(bundle)), path="/",
-                               allowed_paths=[str(bundle), str(scratch)], footer_links=["api"])
+    return gr.mount_gradio_app(app, build_demo(runner, read_model_card(runner.bundle)), path="/",
+                               allowed_paths=[str(runner.bundle), str(runner.scratch)], footer_links=["api"])
 
 
 def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -196,13 +196,14 @@ def test_unknown_registry_says_how_to_start_one(tmp_path: Path) -> None:
 def test_a_pulled_version_serves_its_demo_with_its_digest(registry: RegistryServer, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
+    from modelhall.showcase.runner import open_runner
     from modelhall.showcase.server import create_server
 
     user, token = registry.user()
     pushed = cli(registry, "push", str(TEMPLATE), f"{user}/served:v1", token=token).stdout
     digest = re.search(r"sha256:[0-9a-f]{64}", pushed).group(0)  # type: ignore[union-attr]
     cli(registry, "pull", f"{user}/served:v1", str(tmp_path / "pulled"), token=token)
-    with TestClient(create_server(tmp_path / "pulled", digest=digest, scratch=tmp_path / "scratch")) as client:
+    with TestClient(create_server(open_runner(tmp_path / "pulled", digest=digest, scratch=tmp_path / "scratch"))) as client:
         for _ in range(200):
             if client.get("/healthz").status_code == 200:
                 break

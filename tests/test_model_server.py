@@ -17,6 +17,7 @@ from PIL import Image
 from fastapi.testclient import TestClient
 
 from conftest import ModelServer, serve_bundle
+from modelhall.showcase.runner import open_runner
 from modelhall.showcase.server import create_server
 from model_bundles import png_bytes, wav_bytes, write_every_type_bundle
 
@@ -175,7 +176,7 @@ def test_health_is_503_until_the_model_loads_and_after_it_fails(tmp_path: Path) 
                                            "inputs: [{name: x, type: text}]\noutputs: [{name: y, type: text}]\n")
     (bundle / "predict.py").write_text("class Model:\n    def setup(self):\n        raise OSError('weights missing')\n"
                                        "    def predict(self, x):\n        return x\n")
-    with TestClient(create_server(bundle, scratch=tmp_path / "scratch")) as client:
+    with TestClient(create_server(open_runner(bundle, scratch=tmp_path / "scratch"))) as client:
         app_runner = client.app.state.runner  # type: ignore[attr-defined]
         for _ in range(100):
             if app_runner.health.value != "starting":

@@ -50,13 +50,13 @@ def status(registry: RegistryServer, repository: str, token: str | None = None) 
     return http(registry.url, token).get(f"/api/v1/repos/{repository}/deployment").json()
 
 
-def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + SETTLE_SECONDS
+def wait_for(condition, what: str, seconds: float = SETTLE_SECONDS) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {SETTLE_SECONDS} s")
+    raise AssertionError(f"{what} did not happen within {seconds} s")
 
 
 def pid_alive(pid: int) -> bool:
@@ -386,10 +386,12 @@ def test_a_crash_looping_model_ends_failed_with_its_last_output(runtime_registry
     bundle = quick_hello(tmp_path, idle_timeout=300)
     (bundle / "predict.py").write_text(
         "import os, sys, threading\n\nprint('segfault in native code (simulated)', flush=True)\n"
-        "threading.Timer(0.5, lambda: os._exit(11)).start()\n\ndef predict(name, style='plain'):\n    return name\n")
+        "threading.Timer(5, lambda: os._exit(11)).start()  # after it is ready: a crash, not a failed start\n\n"
+        "def predict(name, style='plain'):\n    return name\n")
     user, _, _ = push(runtime_registry, bundle, "looping")
     predict(runtime_registry, f"{user}/looping", "a")
-    wait_for(lambda: status(runtime_registry, f"{user}/looping")["state"] == "failed", "giving up on the crash loop")
+    wait_for(lambda: status(runtime_registry, f"{user}/looping")["state"] == "failed", "giving up on the crash loop",
+             seconds=120)
     final = status(runtime_registry, f"{user}/looping")
     assert final["detail"].startswith("the worker crashed 4 times in a row; its last output:")
     assert "segfault in native code (simulated)" in final["detail"]

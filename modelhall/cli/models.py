@@ -22,9 +22,13 @@ def serve(bundle: Annotated[Path, typer.Argument(help="bundle directory")] = Pat
           uds: Annotated[Path | None, typer.Option(help="listen on this Unix socket instead of host:port")] = None,
           ) -> None:
     """Serve a bundle's generated demo and predict API from this environment."""
+    from modelhall.showcase.runner import open_runner
+
+    runner = open_runner(bundle, digest=digest)
+    runner.start_loading()  # before importing Gradio: the two overlap
     from modelhall.showcase.server import create_server
 
-    app = create_server(bundle, digest=digest)
+    app = create_server(runner)
     where = f"unix:{uds}" if uds else f"http://{host}:{port}"
     console.print(f"{app.state.runner.spec.name}: demo {where}/  ·  POST /predict  ·  GET /spec  ·  "
                   "GET /healthz  ·  GET /metrics", highlight=False)
