@@ -142,7 +142,7 @@ def bench_template(registry: RegistryServer, token: str, user: str, name: str, s
 
 
 def _socket_of(registry: RegistryServer, pid: int) -> str:
-    engine = registry._engine()
+    engine = registry.engine()
     try:
         with make_session_factory(engine)() as db:
             return db.scalar(select(Worker.socket).where(Worker.pid == pid))

@@ -117,13 +117,13 @@ class RegistryServer:
         result = subprocess.run([*MODELHALL, "admin", *args], env=self.env, capture_output=True, text=True, check=True)
         return result.stdout.strip()
 
-    def _engine(self) -> Engine:
+    def engine(self) -> Engine:
         settings = Settings(data_dir=self.data_dir, database=self.database)
         return make_engine(settings.database_url)
 
     def queue_run(self, repository: str, digest: str, inputs: dict) -> str:
         """Put an async run in the queue straight into the database, as a registry that stopped would leave it."""
-        engine = self._engine()
+        engine = self.engine()
         try:
             with make_session_factory(engine)() as db:
                 repository_id = db.scalar(select(Repository.id).where(Repository.name == repository))
@@ -141,7 +141,7 @@ class RegistryServer:
         (`modelhall admin` does the same through the CLI; ``test_cli`` covers that path.)
         """
         name = name or unique("u")
-        engine = self._engine()
+        engine = self.engine()
         try:
             with make_session_factory(engine)() as db:
                 user = User(name=name)
