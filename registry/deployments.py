@@ -150,7 +150,7 @@ class Deployments:
         self.context = context
         self.runtime = runtime
         self.wake_timeout = wake_timeout
-        self.bundles = context.settings.data_dir / "bundles"
+        self.bundles = context.settings.data_dir.resolve() / "bundles"  # absolute: the sandbox binds it
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._starting: dict[int, asyncio.Task[WorkerHandle]] = {}
         self._admissions: dict[tuple[int, str], Admission] = {}
