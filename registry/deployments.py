@@ -128,6 +128,11 @@ class Version:
     spec: dict[str, Any]
 
     @property
+    def demo_path(self) -> str:
+        """The one public prefix the worker's demo lives under: pinned to the digest, whatever name led here."""
+        return f"/demo/{self.repository.name}@{self.digest}"
+
+    @property
     def idle_timeout(self) -> float:
         return float(self.spec.get("scaling", {}).get("idle_timeout", 300))
 
@@ -302,7 +307,7 @@ class Deployments:
         await run_in_threadpool(self._update, deployment_id, state="starting", state_detail=None, desired_replicas=1,
                                 restarts=restarts)
         try:
-            handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest)
+            handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest, version.demo_path)
         except UnschedulableError as error:
             await run_in_threadpool(self._update, deployment_id, state="unschedulable", state_detail=str(error),
                                     desired_replicas=0)

@@ -1,9 +1,11 @@
 """The gateway: ``/demo/{owner}/{name}[@tag-or-digest]/…`` and the predict API, through the registry.
 
 Every call asks the policy who may see the model (404 otherwise), wakes the deployment
-if it sleeps, and streams the request to a worker and the answer back. The worker is
-told the public prefix in ``X-Forwarded-Prefix`` (and host and scheme), so one worker
-serves the demo under any prefix; clients' own forwarding headers are dropped.
+if it sleeps, and streams the request to a worker and the answer back. A worker's demo
+lives under one prefix pinned to its digest (``/demo/alice/x@sha256:…/``): a page opened
+as ``/demo/alice/x/`` loads everything else from there, so the URLs Gradio hands out
+(output files too) always reach the worker that made them, and name the exact version.
+Clients' own forwarding headers are dropped.
 While a model wakes, a browser gets a page that says so and reloads itself; an API
 client waits (up to the wake timeout) unless it sends ``Prefer: respond-async``, which
 gets a 503 with ``Retry-After`` at once.
@@ -88,11 +90,10 @@ def run_headers(caller: str | None, cold: bool, run_id: str | None = None) -> di
     return headers
 
 
-def _forward_headers(request: Request, prefix: str, extra: dict[str, str]) -> dict[str, str]:
+def _forward_headers(request: Request, extra: dict[str, str]) -> dict[str, str]:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | FORWARDED}
     headers["x-forwarded-host"] = request.headers.get("host", request.url.netloc)
     headers["x-forwarded-proto"] = request.url.scheme
-    headers["x-forwarded-prefix"] = prefix
     headers["x-forwarded-for"] = request.client.host if request.client else ""
     return {**headers, **extra}
 
@@ -114,11 +115,11 @@ class WorkerClients:
             await client.aclose()
 
 
-async def proxy(request: Request, worker: WorkerHandle, path: str, prefix: str, extra: dict[str, str]) -> Response:
+async def proxy(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str]) -> Response:
     """Stream ``request`` to ``worker`` and the answer back (server-sent events included)."""
     client = request.app.state.worker_clients.get(worker)
     upstream = client.build_request(request.method, f"/{path}", params=request.query_params,
-                                    headers=_forward_headers(request, prefix, extra), content=request.stream())
+                                    headers=_forward_headers(request, extra), content=request.stream())
     try:
         response = await client.send(upstream, stream=True)
     except httpx.TransportError:
@@ -128,13 +129,13 @@ async def proxy(request: Request, worker: WorkerHandle, path: str, prefix: str, 
                              background=BackgroundTask(response.aclose))
 
 
-async def forward(request: Request, worker: WorkerHandle, path: str, prefix: str, extra: dict[str, str],
+async def forward(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str],
                   after: BackgroundTask | None = None) -> Response:
     """One prediction to ``worker``, answered whole (so its slot is held until it is done)."""
     client = request.app.state.worker_clients.get(worker)
     try:
         response = await client.request(request.method, f"/{path}", params=request.query_params,
-                                        headers=_forward_headers(request, prefix, extra), content=await request.body())
+                                        headers=_forward_headers(request, extra), content=await request.body())
     except httpx.TransportError:
         return worker_gone()
     headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
@@ -163,7 +164,6 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
         version = resolve_version(db, principal, f"{owner}/{name}", reference)
     except LookupError as error:
         return JSONResponse({"detail": str(error)}, status_code=404)
-    prefix = f"/demo/{owner}/{name_ref}"
     wait = not _wants_html(request) and "respond-async" not in request.headers.get("prefer", "")
     try:
         awake = await deployments(request).wake(version, wait=wait)
@@ -182,10 +182,10 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
         after = BackgroundTask(_after_prediction, deployments(request), awake.deployment_id)
     headers = run_headers(principal.name, awake.cold, run_id)
     if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself
-        return await proxy(request, awake.worker, path, prefix, headers)
+        return await proxy(request, awake.worker, path, headers)
     try:
         async with deployments(request).admission(version).slot():
-            return await forward(request, awake.worker, path, prefix, headers, after)
+            return await forward(request, awake.worker, path, headers, after)
     except Overloaded as error:
         return JSONResponse({"status": "busy", "detail": str(error)}, status_code=429,
                             headers={"Retry-After": RETRY_AFTER})

@@ -30,36 +30,17 @@ from modelhall.showcase.values import InputError, Upload, coerce_text_values, re
 RETRY_AFTER_SECONDS = "5"
 
 
-class ForwardedPrefix:
-    """ASGI middleware: serve under the public path prefix the gateway names in ``X-Forwarded-Prefix``.
-
-    Gradio builds its URLs from the request's ``root_path``; the gateway reaches one worker
-    under several prefixes (``/demo/alice/x/``, ``/demo/alice/x@v1/``). Workers listen on
-    loopback only, so the header comes from the gateway.
-    """
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket"):
-            for name, value in scope.get("headers", []):
-                if name == b"x-forwarded-prefix":
-                    scope = {**scope, "root_path": value.decode("latin-1").rstrip("/")}
-                    break
-        await self.app(scope, receive, send)
-
-
 def read_model_card(bundle: Path) -> str | None:
     """The README's text without its YAML metadata, read the way the Hugging Face Hub reads it."""
     readme = bundle / "README.md"
     return ModelCard.load(readme).text.strip() if readme.exists() else None
 
 
-def create_server(runner: ModelRunner) -> FastAPI:
+def create_server(runner: ModelRunner, root_path: str | None = None) -> FastAPI:
     """The model server around ``runner`` (see :func:`open_runner`); it starts loading the model
     at startup unless that was started already — the CLI starts it first, so the model loads
-    while Gradio is imported."""
+    while Gradio is imported. Behind a proxy, ``root_path`` is the public prefix (Gradio builds
+    every URL it hands out, output files included, from it and ``X-Forwarded-Host``)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
@@ -67,11 +48,11 @@ def create_server(runner: ModelRunner) -> FastAPI:
         yield
 
     app = FastAPI(title=f"{runner.spec.name} · Modelhall model server", lifespan=lifespan)
-    app.add_middleware(ForwardedPrefix)
     app.state.runner = runner
     _add_api_routes(app, runner)
     return gr.mount_gradio_app(app, build_demo(runner, read_model_card(runner.bundle)), path="/",
-                               allowed_paths=[str(runner.bundle), str(runner.scratch)], footer_links=["api"])
+                               allowed_paths=[str(runner.bundle), str(runner.scratch)], footer_links=["api"],
+                               root_path=root_path)
 
 
 def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -132,3 +132,23 @@ def test_a_sleeping_demo_through_the_gateway_wakes_in_the_browser(page: Page, tm
         page.get_by_label("Your name").fill("Gateway", timeout=OUTPUT_TIMEOUT_MS)
         run(page)
         expect(page.get_by_label("Greeting")).to_have_value("Hello, Gateway.", timeout=OUTPUT_TIMEOUT_MS)
+
+
+def test_an_image_made_behind_the_gateway_loads_in_the_page(page: Page, tmp_path: Path, artifacts_dir: Path) -> None:
+    for registry in serve_registry("sqlite", tmp_path / "registry"):
+        user, token = registry.user()
+        client = http(registry.url, token)
+        with pack_bundle(template_path("image-to-image")) as packed:
+            push_packed(client, f"{user}/winter", "latest", packed)
+        client.patch(f"/api/v1/repos/{user}/winter", json={"visibility": "public"}).raise_for_status()
+        client.post(f"/api/v1/repos/{user}/winter/predict", json={"inputs": {}})  # wakes it (then refuses: no photo)
+        page.goto(f"{registry.url}/demo/{user}/winter/")
+        page.locator("input[type=file]").first.set_input_files(str(template_path("image-to-image") / "examples" /
+                                                                   "beach.png"))
+        run(page)
+        download = page.get_by_role("link", name="Download")
+        expect(download).to_have_attribute("href", re.compile(rf"/demo/{user}/winter@sha256:[0-9a-f]{{64}}/"),
+                                           timeout=OUTPUT_TIMEOUT_MS)
+        loaded = page.locator(f"img[src*='winter@sha256'][src$='.png']").last
+        expect(loaded).to_have_js_property("naturalWidth", 256, timeout=OUTPUT_TIMEOUT_MS)
+        page.screenshot(path=str(artifacts_dir / "gateway-image-to-image.png"), full_page=True)

@@ -94,12 +94,12 @@ def test_first_request_wakes_the_model_and_idle_puts_it_to_sleep(runtime_registr
 
 
 def test_the_demo_through_the_gateway_with_gradio_client(runtime_registry: RegistryServer, tmp_path: Path) -> None:
-    user, _, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "via-gateway")
+    user, _, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "via-gateway")
     client = Client(f"{runtime_registry.url}/demo/{user}/via-gateway/", verbose=False,
                     download_files=str(tmp_path / "downloads"))
     assert client.predict("Cy", "excited", api_name="/predict") == "Hello, Cy!!"
     config = httpx.get(f"{runtime_registry.url}/demo/{user}/via-gateway/config").json()
-    assert config["root"] == f"{runtime_registry.url}/demo/{user}/via-gateway"
+    assert config["root"] == f"{runtime_registry.url}/demo/{user}/via-gateway@{digest}"  # one prefix per version
 
 
 def test_a_version_by_tag_or_digest(runtime_registry: RegistryServer, tmp_path: Path) -> None:

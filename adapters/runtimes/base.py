@@ -39,7 +39,8 @@ class Build:
 class Runtime(Protocol):
     def build(self, bundle: Path) -> Build: ...
 
-    def start(self, bundle: Path, build: Build, digest: str) -> WorkerHandle: ...
+    def start(self, bundle: Path, build: Build, digest: str, root_path: str) -> WorkerHandle:
+        """Start a worker; ``root_path`` is the public path prefix its demo is served under."""
 
     def alive(self, worker: WorkerHandle) -> bool: ...
 

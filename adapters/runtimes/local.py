@@ -110,7 +110,7 @@ class LocalRuntime:
             self._gpu_holders[gpu] = socket
         return free[:wanted]
 
-    def start(self, bundle: Path, build: Build, digest: str) -> WorkerHandle:
+    def start(self, bundle: Path, build: Build, digest: str, root_path: str) -> WorkerHandle:
         spec = load_spec_file(bundle)
         name = f"{digest.split(':')[-1][:12]}-{uuid.uuid4().hex[:6]}"
         self.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -121,7 +121,7 @@ class LocalRuntime:
         gpus = self._assign_gpus(spec, socket)
         environment = self.environments.root / build.environment
         command = [str(environment / "bin" / "python"), "-m", "modelhall", "runner", str(bundle), "--uds", str(socket),
-                   "--digest", digest]
+                   "--digest", digest, "--root-path", root_path]
         if self.sandboxed:
             command = bwrap_command(command, readable=[bundle, environment, *platform_paths()], private_tmp=private_tmp,
                                     writable=[self.sockets], workdir=bundle, network=spec.runtime.network,

@@ -20,6 +20,7 @@ def serve(bundle: Annotated[Path, typer.Argument(help="bundle directory")] = Pat
           port: Annotated[int, typer.Option(help="port to listen on")] = 8700,
           digest: Annotated[str | None, typer.Option(help="the pushed digest this folder holds, shown in the demo")] = None,
           uds: Annotated[Path | None, typer.Option(help="listen on this Unix socket instead of host:port")] = None,
+          root_path: Annotated[str | None, typer.Option(help="public path prefix behind a proxy, e.g. /demo/a/b")] = None,
           ) -> None:
     """Serve a bundle's generated demo and predict API from this environment."""
     from modelhall.showcase.runner import open_runner
@@ -28,7 +29,7 @@ def serve(bundle: Annotated[Path, typer.Argument(help="bundle directory")] = Pat
     runner.start_loading()  # before importing Gradio: the two overlap
     from modelhall.showcase.server import create_server
 
-    app = create_server(runner)
+    app = create_server(runner, root_path=root_path)
     where = f"unix:{uds}" if uds else f"http://{host}:{port}"
     console.print(f"{app.state.runner.spec.name}: demo {where}/  ·  POST /predict  ·  GET /spec  ·  "
                   "GET /healthz  ·  GET /metrics", highlight=False)
