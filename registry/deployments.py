@@ -249,7 +249,7 @@ class Deployments:
         :class:`StillStarting` raised at once, for callers that poll.
         """
         cached = self._ready.get((version.repository.id, version.digest))
-        if cached and self.runtime.alive(cached[1]):
+        if cached and cached[1].socket.exists() and self.runtime.alive(cached[1]):  # a stopped worker loses its socket
             deployment_id, worker = cached
             if time.monotonic() - self._touched.get(deployment_id, 0) > TOUCH_INTERVAL_SECONDS:
                 await run_in_threadpool(self.touch, deployment_id)
