@@ -28,7 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from modelhall.registry.api.repos import LATEST_TAG, versions_of, visible_repository
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import get_db, get_principal
-from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker
+from modelhall.registry.db.models import Deployment, Repository, Worker
+from modelhall.registry.metadata import find_manifest, resolve_tag
 from modelhall.adapters.runtimes.base import WorkerHandle
 from modelhall.registry.deployments import (
     DeploymentFailed,
@@ -66,15 +67,12 @@ def deployments(request: Request) -> Deployments:
 def resolve_version(db: Session, principal: Principal, name: str, reference: str | None) -> Version:
     """The bundle a reference names: a tag, a digest, or (none) ``latest`` or else the newest tag."""
     repository = visible_repository(db, principal, name)
-    manifest: Manifest | None = None
-    if reference and reference.startswith("sha256:"):
-        manifest = db.scalar(select(Manifest).where(Manifest.repository_id == repository.id,
-                                                    Manifest.digest == reference))
-    else:
-        versions = versions_of(db, repository)
-        wanted = reference or LATEST_TAG
-        match = next((m for tag, m in versions if tag.name == wanted), None)
-        manifest = match or (versions[0][1] if versions and reference is None else None)
+    digest = reference if reference and reference.startswith("sha256:") else resolve_tag(db, repository,
+                                                                                        reference or LATEST_TAG)
+    manifest = find_manifest(db, repository, digest) if digest else None
+    if manifest is None and reference is None:  # no "latest" tag: the newest version (every request pays
+        versions = versions_of(db, repository)  # this listing only then, not for each demo asset)
+        manifest = versions[0][1] if versions else None
     if manifest is None:
         raise LookupError(f"{name} has no version {reference or ''}".strip())
     if manifest.spec is None:
