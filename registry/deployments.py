@@ -41,7 +41,7 @@ from modelhall.registry.db.models import Deployment, Manifest, Repository, Worke
 from modelhall.registry.runs import JournalReader
 
 logger = logging.getLogger(__name__)
-HEALTH_POLL_SECONDS = 0.1
+HEALTH_POLL_SECONDS = 0.02  # a local socket: polling is cheap, and every wait adds to the cold start
 TOUCH_INTERVAL_SECONDS = 1.0  # how stale the recorded last request may get under steady traffic
 LOG_LINES_ON_FAILURE = 20
 MAX_RESTARTS = 3

@@ -6,53 +6,118 @@
 - ``GET /spec``: the spec and the JSON Schema of a predict request.
 - ``GET /healthz``: 200 once the model is loaded; 503 while starting or after a failed load.
 - ``GET /metrics``: Prometheus metrics.
+
+The API answers as soon as the model is loaded; Gradio (about two seconds to import) is
+imported and mounted afterwards, in the background. A demo request that arrives before
+that waits for it. So a cold start costs the model's load plus a small server, not Gradio.
 """
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import asyncio
+import logging
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from huggingface_hub import ModelCard
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelhall.adapters.models import ModelError
-from modelhall.showcase.demo import build_demo
 from modelhall.showcase.runner import Health, ModelRunner, NotReadyError, RunContext
 from modelhall.showcase.values import InputError, Upload, coerce_text_values, request_schema, to_json
 
 RETRY_AFTER_SECONDS = "5"
+DEMO_WAIT_SECONDS = 60.0
+logger = logging.getLogger(__name__)
 
 
 def read_model_card(bundle: Path) -> str | None:
     """The README's text without its YAML metadata, read the way the Hugging Face Hub reads it."""
+    from huggingface_hub import ModelCard
+
     readme = bundle / "README.md"
     return ModelCard.load(readme).text.strip() if readme.exists() else None
 
 
+def build_demo_app(runner: ModelRunner, root_path: str | None) -> FastAPI:
+    """The Gradio demo as an app of its own (imports Gradio: slow, so called in a thread)."""
+    import gradio as gr
+
+    from modelhall.showcase.demo import build_demo
+
+    return gr.mount_gradio_app(FastAPI(), build_demo(runner, read_model_card(runner.bundle)), path="/",
+                               allowed_paths=[str(runner.bundle), str(runner.scratch)], footer_links=["api"],
+                               root_path=root_path)
+
+
+class LateDemo:
+    """Stands at ``/`` for the demo until it is built; requests meanwhile wait for it."""
+
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
+        self.error: str | None = None
+        self.settled = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.settled.is_set():
+            try:
+                await asyncio.wait_for(self.settled.wait(), DEMO_WAIT_SECONDS)
+            except TimeoutError:
+                pass
+        if self.app is not None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013})
+        else:
+            detail = f"the demo could not be built: {self.error}" if self.error else "the demo is still being built"
+            await _error(503 if self.error is None else 500, detail,
+                         headers={"Retry-After": RETRY_AFTER_SECONDS})(scope, receive, send)
+
+    async def attach(self, runner: ModelRunner, root_path: str | None, stopping: asyncio.Event) -> None:
+        """Build the demo, run its startup (Gradio's queue) and serve it until ``stopping`` is set."""
+        try:
+            demo = await run_in_threadpool(build_demo_app, runner, root_path)
+        except Exception as error:  # noqa: BLE001 - the API keeps serving; the demo says why it cannot
+            logger.exception("the demo could not be built")
+            self.error = f"{type(error).__name__}: {error}"
+            self.settled.set()
+            return
+        async with demo.router.lifespan_context(demo):
+            self.app = demo
+            self.settled.set()
+            await stopping.wait()
+
+
 def create_server(runner: ModelRunner, root_path: str | None = None) -> FastAPI:
     """The model server around ``runner`` (see :func:`open_runner`); it starts loading the model
-    at startup unless that was started already — the CLI starts it first, so the model loads
-    while Gradio is imported. Behind a proxy, ``root_path`` is the public prefix (Gradio builds
-    every URL it hands out, output files included, from it and ``X-Forwarded-Host``)."""
+    at startup unless that was started already (the CLI starts it first, so the model loads
+    while the server is imported). Behind a proxy, ``root_path`` is the public prefix (Gradio
+    builds every URL it hands out, output files included, from it and ``X-Forwarded-Host``)."""
+    demo = LateDemo()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         runner.start_loading()
+        stopping = asyncio.Event()
+        attaching = asyncio.create_task(demo.attach(runner, root_path, stopping))
         yield
+        stopping.set()
+        if not demo.settled.is_set():
+            attaching.cancel()
+        with suppress(asyncio.CancelledError):
+            await attaching
 
     app = FastAPI(title=f"{runner.spec.name} · Modelhall model server", lifespan=lifespan)
     app.state.runner = runner
+    app.state.demo = demo
     _add_api_routes(app, runner)
-    return gr.mount_gradio_app(app, build_demo(runner, read_model_card(runner.bundle)), path="/",
-                               allowed_paths=[str(runner.bundle), str(runner.scratch)], footer_links=["api"],
-                               root_path=root_path)
+    app.mount("/", demo)
+    return app
 
 
 def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -105,7 +170,9 @@ def _add_api_routes(app: FastAPI, runner: ModelRunner) -> None:
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        body = {"status": runner.health.value, "model": spec.name, "digest": runner.digest}
+        demo = app.state.demo
+        body = {"status": runner.health.value, "model": spec.name, "digest": runner.digest,
+                "demo": "failed" if demo.error else "ready" if demo.app else "building"}
         if runner.error:
             body["error"] = runner.error
         ready = runner.health is Health.READY

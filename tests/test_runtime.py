@@ -95,8 +95,8 @@ def test_first_request_wakes_the_model_and_idle_puts_it_to_sleep(runtime_registr
 
 def test_the_demo_through_the_gateway_with_gradio_client(runtime_registry: RegistryServer, tmp_path: Path) -> None:
     user, _, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "via-gateway")
-    client = Client(f"{runtime_registry.url}/demo/{user}/via-gateway/", verbose=False,
-                    download_files=str(tmp_path / "downloads"))
+    client = Client(f"{runtime_registry.url}/demo/{user}/via-gateway/", verbose=False,  # the gateway holds the
+                    download_files=str(tmp_path / "downloads"), httpx_kwargs={"timeout": 120})  # first call while it wakes
     assert client.predict("Cy", "excited", api_name="/predict") == "Hello, Cy!!"
     config = httpx.get(f"{runtime_registry.url}/demo/{user}/via-gateway/config").json()
     assert config["root"] == f"{runtime_registry.url}/demo/{user}/via-gateway@{digest}"  # one prefix per version

@@ -120,8 +120,8 @@ class LocalRuntime:
         socket = self.sockets / f"{name}.sock"
         gpus = self._assign_gpus(spec, socket)
         environment = self.environments.root / build.environment
-        command = [str(environment / "bin" / "python"), "-m", "modelhall", "runner", str(bundle), "--uds", str(socket),
-                   "--digest", digest, "--root-path", root_path]
+        command = [str(environment / "bin" / "python"), "-m", "modelhall.showcase.worker", str(bundle),
+                   "--uds", str(socket), "--digest", digest, "--root-path", root_path]
         if self.sandboxed:
             command = bwrap_command(command, readable=[bundle, environment, *platform_paths()], private_tmp=private_tmp,
                                     writable=[self.sockets], workdir=bundle, network=spec.runtime.network,

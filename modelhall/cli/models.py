@@ -26,7 +26,7 @@ def serve(bundle: Annotated[Path, typer.Argument(help="bundle directory")] = Pat
     from modelhall.showcase.runner import open_runner
 
     runner = open_runner(bundle, digest=digest)
-    runner.start_loading()  # before importing Gradio: the two overlap
+    runner.start_loading()  # before importing the server: the two overlap
     from modelhall.showcase.server import create_server
 
     app = create_server(runner, root_path=root_path)
