@@ -39,6 +39,7 @@ from modelhall.bundle.unpack import IteratorReader
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
 from modelhall.registry.runs import JournalReader
+from modelhall.spec.model import Scaling
 
 logger = logging.getLogger(__name__)
 HEALTH_POLL_SECONDS = 0.02  # a local socket: polling is cheap, and every wait adds to the cold start
@@ -68,36 +69,81 @@ class Overloaded(RuntimeError):
     """Every prediction slot is busy and the waiting line is full."""
 
 
-class Admission:
-    """At most ``concurrency`` predictions in flight, ``queue`` more waiting, the rest refused.
+class Pool:
+    """The ready workers of one deployment, and the predictions each is answering.
 
-    Kept in this process: it guards the workers this registry talks to.
+    Each worker runs at most ``concurrency`` predictions; ``queue`` more may wait for a
+    free slot, the rest are refused. A slot goes to the least busy worker. Kept in this
+    process: it guards the workers this registry talks to.
     """
 
-    def __init__(self, concurrency: int, queue: int):
-        self.queue = queue
-        self._slots = asyncio.Semaphore(concurrency)
+    def __init__(self, deployment_id: int, version: Version):
+        self.deployment_id = deployment_id
+        self.repository_id, self.digest = version.repository.id, version.digest
+        self.scaling = version.scaling
+        self.concurrency, self.queue = self.scaling.concurrency, self.scaling.queue
+        self.workers: dict[Path, WorkerHandle] = {}
+        self.busy: dict[Path, int] = {}
+        self.last_used: dict[Path, float] = {}
+        self._changed = asyncio.Condition()
         self._waiting = 0
-        self.active = 0
+
+    @property
+    def active(self) -> int:
+        return sum(self.busy.values())
+
+    @property
+    def saturated(self) -> bool:
+        """Every worker is answering all it may: one more request would wait."""
+        return all(self.busy[socket] >= self.concurrency for socket in self.workers)
+
+    @property
+    def primary(self) -> WorkerHandle | None:
+        """The oldest worker: the demo's (Gradio keeps each session's queue inside one process)."""
+        return next(iter(self.workers.values()), None)
+
+    def _least_busy(self) -> WorkerHandle | None:
+        free = [socket for socket in self.workers if self.busy[socket] < self.concurrency]
+        return self.workers[min(free, key=lambda socket: self.busy[socket])] if free else None
+
+    async def add(self, worker: WorkerHandle) -> None:
+        async with self._changed:
+            self.workers[worker.socket] = worker
+            self.busy.setdefault(worker.socket, 0)
+            self.last_used[worker.socket] = time.monotonic()
+            self._changed.notify_all()
+
+    def discard(self, worker: WorkerHandle) -> None:
+        """Forget a worker that stopped (its running predictions fail on their own)."""
+        self.workers.pop(worker.socket, None)
+        self.last_used.pop(worker.socket, None)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self._slots.locked():
-            if self._waiting >= self.queue:
-                raise Overloaded("every prediction slot is busy and the queue is full")
-            self._waiting += 1
-            try:
-                await self._slots.acquire()
-            finally:
-                self._waiting -= 1
-        else:
-            await self._slots.acquire()
-        self.active += 1
+    async def slot(self, timeout: float) -> AsyncIterator[WorkerHandle]:
+        """The least busy worker, held for one prediction; waits in line for one if all are busy."""
+        async with self._changed:
+            worker = self._least_busy()
+            if worker is None:
+                if self._waiting >= self.queue:
+                    raise Overloaded("every prediction slot is busy and the queue is full")
+                self._waiting += 1
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self._least_busy() is not None), timeout)
+                except TimeoutError:
+                    raise Overloaded(f"no prediction slot came free within {timeout:g} s") from None
+                finally:
+                    self._waiting -= 1
+                worker = self._least_busy()
+                assert worker is not None
+            self.busy[worker.socket] += 1
         try:
-            yield
+            yield worker
         finally:
-            self.active -= 1
-            self._slots.release()
+            async with self._changed:
+                self.busy[worker.socket] -= 1
+                if worker.socket in self.workers:
+                    self.last_used[worker.socket] = time.monotonic()
+                self._changed.notify()
 
 
 class DeploymentFailed(RuntimeError):
@@ -114,11 +160,14 @@ class StillStarting(RuntimeError):
 
 @dataclass(frozen=True)
 class Awake:
-    """A ready worker, and whether this request had to wake it (a cold start)."""
+    """A deployment with at least one ready worker, and whether this request had to wake it (a cold start)."""
 
-    worker: WorkerHandle
+    pool: Pool
     cold: bool
-    deployment_id: int
+
+    @property
+    def deployment_id(self) -> int:
+        return self.pool.deployment_id
 
 
 @dataclass(frozen=True)
@@ -133,17 +182,8 @@ class Version:
         return f"/demo/{self.repository.name}@{self.digest}"
 
     @property
-    def idle_timeout(self) -> float:
-        return float(self.spec.get("scaling", {}).get("idle_timeout", 300))
-
-    @property
-    def min_replicas(self) -> int:
-        return int(self.spec.get("scaling", {}).get("min", 0))
-
-    @property
-    def concurrency(self) -> tuple[int, int]:
-        scaling = self.spec.get("scaling", {})
-        return int(scaling.get("concurrency", 4)), int(scaling.get("queue", 16))
+    def scaling(self) -> Scaling:
+        return Scaling.model_validate(self.spec.get("scaling", {}))
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -158,9 +198,9 @@ class Deployments:
         self.bundles = context.settings.data_dir.resolve() / "bundles"  # absolute: the sandbox binds it
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._starting: dict[int, asyncio.Task[WorkerHandle]] = {}
-        self._admissions: dict[tuple[int, str], Admission] = {}
-        # Hot path caches, valid only while their worker lives; the database stays the record.
-        self._ready: dict[tuple[int, str], tuple[int, WorkerHandle]] = {}
+        self._growing: set[int] = set()  # deployments starting one more worker
+        # The hot path: ready workers by version, valid only while they live; the database stays the record.
+        self._pools: dict[tuple[int, str], Pool] = {}
         self._touched: dict[int, float] = {}
         self.journals = JournalReader(context, runtime)
 
@@ -185,16 +225,36 @@ class Deployments:
                 setattr(deployment, key, value)
             db.commit()
 
-    def _live_worker(self, deployment_id: int) -> WorkerHandle | None:
+    def _live_workers(self, deployment_id: int) -> list[WorkerHandle]:
+        live = []
         with self.context.sessions() as db:
             for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment_id,
-                                                          Worker.state == "ready")):
+                                                          Worker.state == "ready").order_by(Worker.id)):
                 handle = handle_of(worker)
                 if self.runtime.alive(handle):
-                    return handle
-                worker.state, worker.stopped_at = "crashed", utcnow()
+                    live.append(handle)
+                else:
+                    worker.state, worker.stopped_at = "crashed", utcnow()
             db.commit()
-        return None
+        return live
+
+    def _pool(self, version: Version, deployment_id: int) -> Pool:
+        key = (version.repository.id, version.digest)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(deployment_id, version)
+        return pool
+
+    def _drop_dead(self, pool: Pool) -> None:
+        for worker in list(pool.workers.values()):
+            if not worker.socket.exists() or not self.runtime.alive(worker):  # a stopped worker loses its socket
+                pool.discard(worker)
+
+    async def _adopt_live(self, pool: Pool) -> None:
+        """Workers the database knows as ready (started before a restart, say) join the pool."""
+        for worker in await run_in_threadpool(self._live_workers, pool.deployment_id):
+            if worker.socket not in pool.workers:
+                await pool.add(worker)
 
     def _record_worker(self, deployment_id: int, handle: WorkerHandle, state: str) -> None:
         with self.context.sessions() as db:
@@ -243,50 +303,55 @@ class Deployments:
     # --- waking and sleeping --------------------------------------------------------------
 
     async def wake(self, version: Version, wait: bool = True) -> Awake:
-        """A ready worker for ``version``, started if none runs.
+        """The version's pool with a ready worker in it, started if none runs.
 
         With ``wait=False`` a sleeping deployment is started in the background and
         :class:`StillStarting` raised at once, for callers that poll.
         """
-        cached = self._ready.get((version.repository.id, version.digest))
-        if cached and cached[1].socket.exists() and self.runtime.alive(cached[1]):  # a stopped worker loses its socket
-            deployment_id, worker = cached
-            if time.monotonic() - self._touched.get(deployment_id, 0) > TOUCH_INTERVAL_SECONDS:
-                await run_in_threadpool(self.touch, deployment_id)
-            return Awake(worker, cold=False, deployment_id=deployment_id)
+        pool = self._pools.get((version.repository.id, version.digest))
+        if pool is not None:
+            self._drop_dead(pool)
+            if pool.workers:
+                if time.monotonic() - self._touched.get(pool.deployment_id, 0) > TOUCH_INTERVAL_SECONDS:
+                    await run_in_threadpool(self.touch, pool.deployment_id)
+                return Awake(pool, cold=False)
         deployment_id = await run_in_threadpool(self._deployment, version)
-        live = await run_in_threadpool(self._live_worker, deployment_id)
-        if live:
-            self._ready[(version.repository.id, version.digest)] = (deployment_id, live)
-            return Awake(live, cold=False, deployment_id=deployment_id)
+        pool = self._pool(version, deployment_id)
+        await self._adopt_live(pool)
+        if pool.workers:
+            return Awake(pool, cold=False)
         async with self._locks[deployment_id]:
             task = self._starting.get(deployment_id)
             if task is None or task.done():
-                live = await run_in_threadpool(self._live_worker, deployment_id)
-                if live:
-                    return Awake(live, cold=False, deployment_id=deployment_id)
+                await self._adopt_live(pool)
+                if pool.workers:
+                    return Awake(pool, cold=False)
                 task = asyncio.create_task(self._start(deployment_id, version, restarts=0))
                 task.add_done_callback(_settled)
                 self._starting[deployment_id] = task
         if not wait:
             raise StillStarting(f"{version.repository.name} is starting")
         try:
-            worker = await asyncio.wait_for(asyncio.shield(task), timeout=self.wake_timeout)
+            await asyncio.wait_for(asyncio.shield(task), timeout=self.wake_timeout)
         except TimeoutError:
             raise StillStarting(f"{version.repository.name} is still starting after {self.wake_timeout:g} s") from None
-        self._ready[(version.repository.id, version.digest)] = (deployment_id, worker)
-        return Awake(worker, cold=True, deployment_id=deployment_id)
+        return Awake(pool, cold=True)
 
     def touch(self, deployment_id: int) -> None:
         """A request came or went: the idle time starts again."""
         self._touched[deployment_id] = time.monotonic()
         self._update(deployment_id, last_request_at=utcnow())
 
-    def admission(self, version: Version) -> Admission:
-        key = (version.repository.id, version.digest)
-        if key not in self._admissions:
-            self._admissions[key] = Admission(*version.concurrency)
-        return self._admissions[key]
+    @asynccontextmanager
+    async def slot(self, version: Version, awake: Awake) -> AsyncIterator[WorkerHandle]:
+        """A worker for one prediction; when every worker is busy and ``scaling.max`` allows, one more starts."""
+        pool = awake.pool
+        if pool.saturated and len(pool.workers) < pool.scaling.max and pool.deployment_id not in self._growing:
+            self._growing.add(pool.deployment_id)
+            task = asyncio.create_task(self._add_worker(pool, version))
+            task.add_done_callback(_settled)
+        async with pool.slot(self.wake_timeout) as worker:
+            yield worker
 
     def collect_runs(self, deployment_id: int | None = None) -> int:
         """Copy new journal lines of running workers (of one deployment, or all) into the run history."""
@@ -302,29 +367,53 @@ class Deployments:
             added += self.journals.collect(handle, repository_id, digest)
         return added
 
-    async def _start(self, deployment_id: int, version: Version, restarts: int) -> WorkerHandle:
+    async def _launch(self, deployment_id: int, version: Version) -> WorkerHandle:
+        """Build if needed, start one worker and wait until it is ready; it joins the version's pool."""
         bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
+        handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest, version.demo_path)
+        await run_in_threadpool(self._record_worker, deployment_id, handle, "starting")
+        try:
+            await self._wait_ready(handle)
+        except DeploymentFailed:
+            await run_in_threadpool(self.runtime.stop, handle)
+            await run_in_threadpool(self._record_worker, deployment_id, handle, "crashed")
+            raise
+        await run_in_threadpool(self._record_worker, deployment_id, handle, "ready")
+        await self._pool(version, deployment_id).add(handle)
+        return handle
+
+    async def _start(self, deployment_id: int, version: Version, restarts: int) -> WorkerHandle:
+        """Wake a sleeping (or crashed) deployment: its first worker, then up to ``scaling.min`` in the background."""
         await run_in_threadpool(self._update, deployment_id, state="starting", state_detail=None, desired_replicas=1,
                                 restarts=restarts)
         try:
-            handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest, version.demo_path)
+            handle = await self._launch(deployment_id, version)
         except UnschedulableError as error:
             await run_in_threadpool(self._update, deployment_id, state="unschedulable", state_detail=str(error),
                                     desired_replicas=0)
             raise Unschedulable(str(error)) from error
-        await run_in_threadpool(self._record_worker, deployment_id, handle, "starting")
-        try:
-            await self._wait_ready(handle)
         except DeploymentFailed as error:
-            await run_in_threadpool(self.runtime.stop, handle)
-            await run_in_threadpool(self._record_worker, deployment_id, handle, "crashed")
             await run_in_threadpool(self._update, deployment_id, state="failed", state_detail=str(error),
                                     desired_replicas=0)
             raise
-        await run_in_threadpool(self._record_worker, deployment_id, handle, "ready")
         # idle time counts from when the model could first answer, not from the request that woke it
         await run_in_threadpool(self._update, deployment_id, state="running", last_request_at=utcnow())
+        pool = self._pool(version, deployment_id)
+        for _ in range(version.scaling.min - 1):
+            task = asyncio.create_task(self._add_worker(pool, version))
+            task.add_done_callback(_settled)
         return handle
+
+    async def _add_worker(self, pool: Pool, version: Version) -> None:
+        """Scale out by one worker. A failure leaves the deployment as it was: its other workers serve."""
+        try:
+            await run_in_threadpool(self._update, pool.deployment_id, desired_replicas=len(pool.workers) + 1)
+            await self._launch(pool.deployment_id, version)
+        except (DeploymentFailed, UnschedulableError) as error:
+            logger.warning("an extra worker for %s did not start: %s", version.repository.name, error)
+        finally:
+            self._growing.discard(pool.deployment_id)
+            await run_in_threadpool(self._update, pool.deployment_id, desired_replicas=len(pool.workers))
 
     async def _wait_ready(self, handle: WorkerHandle) -> None:
         async with worker_client(handle, timeout=2) as client:
@@ -342,6 +431,22 @@ class Deployments:
                     pass
                 await asyncio.sleep(HEALTH_POLL_SECONDS)
 
+    async def shrink_idle(self) -> None:
+        """Stop extra workers (beyond the oldest and ``scaling.min``) that answered nothing for the idle timeout."""
+        now = time.monotonic()
+        for pool in list(self._pools.values()):
+            keep = max(1, pool.scaling.min)
+            for socket, worker in list(pool.workers.items())[keep:]:
+                if pool.busy[socket] == 0 and now - pool.last_used[socket] > pool.scaling.idle_timeout:
+                    pool.discard(worker)
+                    await run_in_threadpool(self._retire, pool, worker)
+
+    def _retire(self, pool: Pool, worker: WorkerHandle) -> None:
+        self.journals.collect(worker, pool.repository_id, pool.digest)
+        self.runtime.stop(worker)
+        self._record_worker(pool.deployment_id, worker, "stopped")
+        self._update(pool.deployment_id, desired_replicas=len(pool.workers))
+
     def sleep_idle(self, now: datetime | None = None) -> list[str]:
         """Stop the workers of deployments idle past their timeout; returns their digests."""
         now = now or datetime.now(UTC)
@@ -352,9 +457,9 @@ class Deployments:
                 manifest_spec = self._spec_of(db, deployment)
                 version = Version(db.get(Repository, deployment.repository_id), deployment.digest, manifest_spec)
                 last = _aware(deployment.last_request_at) or now
-                admission = self._admissions.get((deployment.repository_id, deployment.digest))
-                busy = admission is not None and admission.active > 0
-                if busy or version.min_replicas > 0 or now - last < timedelta(seconds=version.idle_timeout):
+                pool = self._pools.get((deployment.repository_id, deployment.digest))
+                busy = pool is not None and pool.active > 0
+                if busy or version.scaling.min > 0 or now - last < timedelta(seconds=version.scaling.idle_timeout):
                     continue
                 for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment.id,
                                                               Worker.state.in_(("starting", "ready")))):
@@ -397,20 +502,24 @@ class Deployments:
             db.commit()
 
     def _crashed(self) -> list[tuple[int, Version, int, str]]:
-        """Running deployments whose worker died: (deployment, version, restarts so far, its last log lines)."""
+        """Running deployments whose every worker died: (deployment, version, restarts so far, last log lines).
+
+        A dead worker beside live ones is only recorded as crashed."""
         found = []
         with self.context.sessions() as db:
             for deployment in db.scalars(select(Deployment).where(Deployment.state == "running")):
                 workers = db.scalars(select(Worker).where(Worker.deployment_id == deployment.id,
                                                           Worker.state == "ready")).all()
                 dead = [w for w in workers if not self.runtime.alive(handle_of(w))]
-                if not dead or len(dead) < len(workers):
+                if not dead:
                     continue
                 log = self.runtime.logs(handle_of(dead[-1]), LOG_LINES_ON_FAILURE)
                 for worker in dead:
                     self.journals.collect(handle_of(worker), deployment.repository_id, deployment.digest)
                     self.runtime.stop(handle_of(worker))
                     worker.state, worker.stopped_at = "crashed", utcnow()
+                if len(dead) < len(workers):  # the others serve on; more start again under load
+                    continue
                 repository = db.get(Repository, deployment.repository_id)
                 assert repository is not None
                 version = Version(repository, deployment.digest, self._spec_of(db, deployment))
@@ -447,6 +556,7 @@ class Deployments:
             try:
                 await run_in_threadpool(self.collect_runs)
                 await self.restart_crashed()
+                await self.shrink_idle()
                 await run_in_threadpool(self.sleep_idle)
             except Exception:  # noqa: BLE001 - logged, and the loop must go on
                 logger.exception("the deployment reaper's round failed")

@@ -179,11 +179,12 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
     if run_id:  # an API prediction: restart the idle clock, and put it in the run history once answered
         after = BackgroundTask(_after_prediction, deployments(request), awake.deployment_id)
     headers = run_headers(principal.name, awake.cold, run_id)
-    if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself
-        return await proxy(request, awake.worker, path, headers)
+    if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself, in one process
+        primary = awake.pool.primary
+        return await proxy(request, primary, path, headers) if primary else worker_gone()
     try:
-        async with deployments(request).admission(version).slot():
-            return await forward(request, awake.worker, path, headers, after)
+        async with deployments(request).slot(version, awake) as worker:
+            return await forward(request, worker, path, headers, after)
     except Overloaded as error:
         return JSONResponse({"status": "busy", "detail": str(error)}, status_code=429,
                             headers={"Retry-After": RETRY_AFTER})
@@ -242,11 +243,10 @@ async def execute_async_run(app: FastAPI, run_id: str, repository: Repository, d
         awake = await deployments.wake(version)
     except (DeploymentFailed, StillStarting) as error:
         return "failed", None, str(error), None
-    client = app.state.worker_clients.get(awake.worker)
     try:
-        async with deployments.admission(version).slot():
-            response = await client.post("/predict", json={"inputs": inputs},
-                                         headers=run_headers(caller, awake.cold, run_id))
+        async with deployments.slot(version, awake) as worker:
+            response = await app.state.worker_clients.get(worker).post(
+                "/predict", json={"inputs": inputs}, headers=run_headers(caller, awake.cold, run_id))
     except Overloaded as error:
         return "failed", None, str(error), None
     body = response.json()

@@ -95,8 +95,9 @@ def test_first_request_wakes_the_model_and_idle_puts_it_to_sleep(runtime_registr
 
 def test_the_demo_through_the_gateway_with_gradio_client(runtime_registry: RegistryServer, tmp_path: Path) -> None:
     user, _, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "via-gateway")
-    client = Client(f"{runtime_registry.url}/demo/{user}/via-gateway/", verbose=False,  # the gateway holds the
-                    download_files=str(tmp_path / "downloads"), httpx_kwargs={"timeout": 120})  # first call while it wakes
+    # the gateway holds the first call while the model wakes: allow for it
+    client = Client(f"{runtime_registry.url}/demo/{user}/via-gateway/", verbose=False,
+                    download_files=str(tmp_path / "downloads"), httpx_kwargs={"timeout": 120})
     assert client.predict("Cy", "excited", api_name="/predict") == "Hello, Cy!!"
     config = httpx.get(f"{runtime_registry.url}/demo/{user}/via-gateway/config").json()
     assert config["root"] == f"{runtime_registry.url}/demo/{user}/via-gateway@{digest}"  # one prefix per version
@@ -363,6 +364,32 @@ def test_beyond_the_concurrency_limit_and_queue_callers_get_429(runtime_registry
     assert codes == [200, 200, 429, 429]
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.headers["retry-after"] == "2" and refused.json()["status"] == "busy"
+
+
+def test_under_load_a_second_worker_starts_and_stops_again_when_idle(runtime_registry: RegistryServer,
+                                                                     tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle = quick_hello(tmp_path, idle_timeout=300)
+    (bundle / "predict.py").write_text("import time, uuid\n\nWORKER = uuid.uuid4().hex\n\n"
+                                       "def predict(name, style='plain'):\n    time.sleep(1.5)\n    return WORKER\n")
+    spec = (bundle / "modelhall.yaml").read_text()
+    (bundle / "modelhall.yaml").write_text(spec.replace(
+        "scaling: {min: 0, max: 1, idle_timeout: 300}",
+        f"scaling: {{min: 1, max: 2, idle_timeout: {IDLE_TIMEOUT}, concurrency: 1, queue: 8}}"))
+    user, _, _ = push(runtime_registry, bundle, "elastic")
+    first = predict(runtime_registry, f"{user}/elastic", "warm-up").json()["outputs"]["greeting"]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda i: predict(runtime_registry, f"{user}/elastic", f"n{i}"), range(8)))
+    assert [r.status_code for r in responses] == [200] * 8
+    answered_by = {r.json()["outputs"]["greeting"] for r in responses}
+    assert first in answered_by and len(answered_by) == 2  # the queue spilled over onto a second worker
+    assert [w["state"] for w in status(runtime_registry, f"{user}/elastic")["workers"]] == ["ready", "ready"]
+    wait_for(lambda: [w["state"] for w in status(runtime_registry, f"{user}/elastic")["workers"]] == ["ready",
+                                                                                                     "stopped"],
+             "the extra worker stopping when idle")
+    assert status(runtime_registry, f"{user}/elastic")["state"] == "running"  # scaling.min keeps the first one
+    assert predict(runtime_registry, f"{user}/elastic", "again").json()["outputs"]["greeting"] == first
 
 
 def test_a_crashed_worker_is_restarted(runtime_registry: RegistryServer, tmp_path: Path) -> None:
