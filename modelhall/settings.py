@@ -13,6 +13,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +22,27 @@ from pydantic_settings import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8600"
+GITHUB = {"authorize_url": "https://github.com/login/oauth/authorize",
+          "access_token_url": "https://github.com/login/oauth/access_token", "api_base_url": "https://api.github.com/"}
+
+
+class OIDCProvider(BaseModel):
+    """One identity provider users log in with.
+
+    Either an OpenID Connect issuer by its discovery URL, or ``preset: github`` (plain
+    OAuth 2: GitHub has no ID tokens). ``organisations`` maps values of the
+    ``groups_claim`` to organisations, as ``"org"`` (a reader) or ``"org:maintainer"``.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    discovery_url: str | None = None
+    preset: str | None = Field(default=None, pattern="^github$")
+    client_id: str
+    client_secret: str = ""
+    scope: str = "openid email profile"
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    organisations: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -38,6 +60,8 @@ class Settings(BaseSettings):
     runtime: str = "local"
     wake_timeout: float = 120.0
     reaper_interval: float = 5.0
+    oidc_providers: list[OIDCProvider] = Field(default_factory=list)  # env: a JSON list
+    session_max_age: int = 14 * 24 * 3600
 
     @classmethod
     def settings_customise_sources(

@@ -9,15 +9,17 @@ from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.sessions import SessionMiddleware
 
 from modelhall.adapters.runtimes.base import Runtime
 from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.storage import open_blob_store
 from modelhall.registry import gateway
 from modelhall.registry.api import repos, runs
+from modelhall.registry.auth import oidc
 from modelhall.registry.auth import routes as token_routes
+from modelhall.registry.auth.csrf import SameOriginForSessions
 from modelhall.registry.auth.principal import AuthenticationError
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
@@ -27,6 +29,9 @@ from modelhall.registry.oci import base, blobs, manifests, referrers, tags, uplo
 from modelhall.registry.oci.access import challenge
 from modelhall.registry.oci.errors import OCIError, oci_error_response
 from modelhall.settings import Settings, load_settings
+
+
+SESSION_COOKIE = "modelhall_session"
 
 
 def open_runtime(settings: Settings) -> Runtime:
@@ -60,12 +65,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="OCI Distribution API for model bundles, the Modelhall REST API, and the demo gateway.")
     app.state.context = context
     app.state.deployments = deployments
+    app.state.oauth = oidc.make_oauth(settings)
+    app.add_middleware(SameOriginForSessions, session_cookie=SESSION_COOKIE, own_origins={settings.url})
+    app.add_middleware(SessionMiddleware, secret_key=settings.signing_key, session_cookie=SESSION_COOKIE,
+                       max_age=settings.session_max_age, same_site="lax",
+                       https_only=settings.url.startswith("https://"))  # signed, HttpOnly
     app.add_exception_handler(OCIError, oci_error_response)
     app.add_exception_handler(AuthenticationError, _authentication_failed)
     # Uploads first: /blobs/uploads/ must not be read as a blob named "uploads".
     for module in (base, tags, uploads, blobs, manifests, referrers):
         app.include_router(module.router, tags=["oci"])
     app.include_router(token_routes.router, tags=["auth"])
+    app.include_router(oidc.router)
     # Before the REST API's /api/v1/repos/{name:path}, which would take …/predict and …/runs for names:
     app.include_router(gateway.router)
     app.include_router(runs.router)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhall.adapters.storage import BlobStore
-from modelhall.registry.auth.principal import Principal, principal_from_header
+from modelhall.registry.auth.principal import AuthenticationError, Principal, principal_from_header, principal_from_session
+from modelhall.registry.auth.sharing import ShareLinkError, find_share_link, grant_of
 from modelhall.settings import Settings
 
 
@@ -31,6 +32,26 @@ def get_db(context: RegistryContext = Depends(get_context)) -> Iterator[Session]
         yield db
 
 
+SHARE_HEADER = "x-modelhall-share"
+
+
 def get_principal(request: Request, db: Session = Depends(get_db),
                   context: RegistryContext = Depends(get_context)) -> Principal:
-    return principal_from_header(db, request.headers.get("authorization"), context.settings.signing_key)
+    """Who asks: the ``Authorization`` header, else the browser session; plus the share link
+    the request carries (the ``X-Modelhall-Share`` header, or the one the session opened)."""
+    header = request.headers.get("authorization")
+    if header:
+        principal = principal_from_header(db, header, context.settings.signing_key)
+    else:
+        principal = principal_from_session(db, request.session)
+    share_token = request.headers.get(SHARE_HEADER) or request.session.get("share")
+    if not share_token:
+        return principal
+    try:
+        link = find_share_link(db, share_token)
+    except ShareLinkError as error:
+        if request.headers.get(SHARE_HEADER):
+            raise AuthenticationError(str(error)) from None
+        request.session.pop("share", None)  # the link the browser opened has expired or was revoked
+        return principal
+    return replace(principal, share=grant_of(link))

@@ -178,8 +178,8 @@ class Version:
 
     @property
     def demo_path(self) -> str:
-        """The one public prefix the worker's demo lives under: pinned to the digest, whatever name led here."""
-        return f"/demo/{self.repository.name}@{self.digest}"
+        """The one public prefix the worker's demo lives under: pinned to the version, naming no owner."""
+        return f"/live/{self.repository.id}@{self.digest}"
 
     @property
     def scaling(self) -> Scaling:

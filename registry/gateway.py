@@ -1,10 +1,11 @@
 """The gateway: ``/demo/{owner}/{name}[@tag-or-digest]/…`` and the predict API, through the registry.
 
-Every call asks the policy who may see the model (404 otherwise), wakes the deployment
-if it sleeps, and streams the request to a worker and the answer back. A worker's demo
-lives under one prefix pinned to its digest (``/demo/alice/x@sha256:…/``): a page opened
-as ``/demo/alice/x/`` loads everything else from there, so the URLs Gradio hands out
-(output files too) always reach the worker that made them, and name the exact version.
+Every call asks the policy who may run the model (404 for whoever may not see it), wakes
+the deployment if it sleeps, and streams the request to a worker and the answer back. A
+worker's demo lives under one prefix pinned to its version, ``/live/{repository id}@{digest}/``:
+a page opened as ``/demo/alice/x/`` loads everything else from there, so the URLs Gradio
+hands out (output files too) always reach the worker that made them, name the exact
+version, and never the owner (a reviewer with an anonymous share link sees that prefix only).
 Clients' own forwarding headers are dropped.
 While a model wakes, a browser gets a page that says so and reloads itself; an API
 client waits (up to the wake timeout) unless it sends ``Prefer: respond-async``, which
@@ -13,12 +14,12 @@ gets a 503 with ``Retry-After`` at once.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-
-import httpx
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,7 +27,9 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from modelhall.registry.api.repos import LATEST_TAG, versions_of, visible_repository
+from modelhall.registry.auth.policy import Action, Outcome, decide, permitted_actions
 from modelhall.registry.auth.principal import Principal
+from modelhall.registry.auth.sharing import ShareLinkError, count_run
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Deployment, Repository, Worker
 from modelhall.registry.metadata import find_manifest, resolve_tag
@@ -64,9 +67,14 @@ def deployments(request: Request) -> Deployments:
     return request.app.state.deployments
 
 
-def resolve_version(db: Session, principal: Principal, name: str, reference: str | None) -> Version:
-    """The bundle a reference names: a tag, a digest, or (none) ``latest`` or else the newest tag."""
+def resolve_version(db: Session, principal: Principal, name: str, reference: str | None,
+                    action: Action = Action.RUN) -> Version:
+    """The bundle a reference names: a tag, a digest, or (none) ``latest`` or else the newest tag;
+    a share link pinned to a version names that one. ``principal`` must be allowed ``action`` on it."""
     repository = visible_repository(db, principal, name)
+    share = principal.share
+    if reference is None and share is not None and share.repository_id == repository.id and share.digest:
+        reference = share.digest
     digest = reference if reference and reference.startswith("sha256:") else resolve_tag(db, repository,
                                                                                         reference or LATEST_TAG)
     manifest = find_manifest(db, repository, digest) if digest else None
@@ -77,7 +85,38 @@ def resolve_version(db: Session, principal: Principal, name: str, reference: str
         raise LookupError(f"{name} has no version {reference or ''}".strip())
     if manifest.spec is None:
         raise LookupError(f"{name}@{manifest.digest} is not a Modelhall bundle, so it cannot run")
+    outcome, _ = decide(db, principal, name, action, digest=manifest.digest)
+    if outcome is Outcome.DENIED:
+        raise HTTPException(403, f"you may not {action.value} {name}")
+    if outcome is not Outcome.ALLOW:  # a link pinned to another version
+        raise LookupError(f"{name} has no version {reference or ''}".strip())
     return Version(repository=repository, digest=manifest.digest, spec=manifest.spec)
+
+
+def version_by_key(db: Session, principal: Principal, key: str) -> Version:
+    """The version a demo prefix ``{repository id}@{digest}`` names, if ``principal`` may run it."""
+    repository_id, _, digest = key.partition("@")
+    repository = db.get(Repository, int(repository_id)) if repository_id.isdigit() else None
+    if repository is None or not digest:
+        raise LookupError("no such demo")
+    try:
+        return resolve_version(db, principal, repository.name, digest)
+    except HTTPException as error:
+        if error.status_code == 404:
+            raise LookupError("no such demo") from None
+        raise
+
+
+def recorded_caller(db: Session, principal: Principal, version: Version) -> tuple[str | None, int | None]:
+    """Who a run is recorded as, and the share link to count it against: a run that only a share
+    link allows is the link's, never the person's (a reviewer stays anonymous to the author)."""
+    share = principal.share
+    if share is None or share.repository_id != version.repository.id:
+        return principal.name, None
+    without_link = replace(principal, share=None)
+    if Action.RUN in permitted_actions(db, without_link, version.repository.name, version.repository):
+        return principal.name, None
+    return share.caller, share.link_id
 
 
 def run_headers(caller: str | None, cold: bool, run_id: str | None = None) -> dict[str, str]:
@@ -155,19 +194,26 @@ def split_reference(name_and_reference: str) -> tuple[str, str | None]:
     return name, reference or None
 
 
-async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Session, principal: Principal,
-                 run_id: str | None = None) -> Response:
-    name, reference = split_reference(name_ref)
-    try:
-        version = resolve_version(db, principal, f"{owner}/{name}", reference)
-    except LookupError as error:
-        return JSONResponse({"detail": str(error)}, status_code=404)
+def _is_prediction(request: Request, path: str, run_id: str | None) -> bool:
+    """An API prediction, or the demo's (Gradio's queue/join): what a share link's quota counts."""
+    return run_id is not None or (request.method == "POST" and path.endswith("queue/join"))
+
+
+async def serve_version(request: Request, version: Version, path: str, db: Session, principal: Principal,
+                        run_id: str | None = None) -> Response:
+    caller, link_id = recorded_caller(db, principal, version)
+    if link_id is not None and _is_prediction(request, path, run_id):
+        try:
+            count_run(db, link_id)
+        except ShareLinkError as error:
+            return JSONResponse({"status": "quota", "detail": str(error)}, status_code=error.status)
+    name = version.repository.name if link_id is None or not principal.share.anonymous else version.spec["name"]  # type: ignore[union-attr]
     wait = not _wants_html(request) and "respond-async" not in request.headers.get("prefer", "")
     try:
         awake = await deployments(request).wake(version, wait=wait)
     except StillStarting as starting:
         if _wants_html(request):
-            return HTMLResponse(STARTING_PAGE.format(name=f"{owner}/{name}"), status_code=503,
+            return HTMLResponse(STARTING_PAGE.format(name=name), status_code=503,
                                 headers={"Retry-After": RETRY_AFTER})
         return JSONResponse({"status": "starting", "detail": str(starting)}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER})
@@ -178,7 +224,7 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
     after = None
     if run_id:  # an API prediction: restart the idle clock, and put it in the run history once answered
         after = BackgroundTask(_after_prediction, deployments(request), awake.deployment_id)
-    headers = run_headers(principal.name, awake.cold, run_id)
+    headers = run_headers(caller, awake.cold, run_id)
     if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself, in one process
         primary = awake.pool.primary
         return await proxy(request, primary, path, headers) if primary else worker_gone()
@@ -190,16 +236,39 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
                             headers={"Retry-After": RETRY_AFTER})
 
 
+async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Session, principal: Principal,
+                 run_id: str | None = None) -> Response:
+    name, reference = split_reference(name_ref)
+    try:
+        version = resolve_version(db, principal, f"{owner}/{name}", reference)
+    except LookupError as error:
+        return JSONResponse({"detail": str(error)}, status_code=404)
+    return await serve_version(request, version, path, db, principal, run_id)
+
+
 @router.api_route("/demo/{owner}/{name_ref}", methods=["GET"], include_in_schema=False)
 def demo_without_slash(owner: str, name_ref: str) -> RedirectResponse:
     return RedirectResponse(f"/demo/{owner}/{name_ref}/")
 
 
-@router.api_route("/demo/{owner}/{name_ref}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+@router.api_route("/demo/{owner}/{name_ref}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"],
+                  include_in_schema=False)
 async def demo(owner: str, name_ref: str, path: str, request: Request, db: Session = Depends(get_db),
                principal: Principal = Depends(get_principal)) -> Response:
     """The model's Gradio demo and its API, woken on demand."""
     return await _serve(request, owner, name_ref, path, db, principal)
+
+
+@router.api_route("/live/{key}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"],
+                  include_in_schema=False)
+async def live(key: str, path: str, request: Request, db: Session = Depends(get_db),
+               principal: Principal = Depends(get_principal)) -> Response:
+    """A version's demo under its own prefix (see the module's docstring)."""
+    try:
+        version = version_by_key(db, principal, key)
+    except LookupError as error:
+        return JSONResponse({"detail": str(error)}, status_code=404)
+    return await serve_version(request, version, path, db, principal)
 
 
 @router.post("/api/v1/repos/{owner}/{name_ref}/predict", tags=["repositories"])
@@ -216,7 +285,7 @@ def deployment_status(owner: str, name_ref: str, db: Session = Depends(get_db),
     """Whether a version is built, sleeping or running, and its workers."""
     name, reference = split_reference(name_ref)
     try:
-        version = resolve_version(db, principal, f"{owner}/{name}", reference)
+        version = resolve_version(db, principal, f"{owner}/{name}", reference, Action.VIEW)
     except LookupError as error:
         return JSONResponse({"detail": str(error)}, status_code=404)
     deployment = db.scalar(select(Deployment).where(Deployment.repository_id == version.repository.id,

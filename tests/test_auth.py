@@ -57,7 +57,7 @@ def test_owner_token_reads_and_writes(registry: RegistryServer, owner: tuple[str
     push_image(client, repos["private"], "v2")
 
 
-def test_other_users_get_404_for_private_and_403_for_writes(registry: RegistryServer,
+def test_other_users_get_404_for_what_they_may_not_see_and_403_for_writes(registry: RegistryServer,
                                                           repos: dict[str, str]) -> None:
     _, token = registry.user()
     stranger = http(registry.url, token)
@@ -68,9 +68,11 @@ def test_other_users_get_404_for_private_and_403_for_writes(registry: RegistrySe
     assert stranger.get(f"/api/v1/repos/{repos['private']}").status_code == 404
     assert stranger.patch(f"/api/v1/repos/{repos['private']}", json={"visibility": "public"}).status_code == 404
     assert stranger.get(f"/v2/{repos['public']}/manifests/v1").status_code == 200
-    for name in (repos["public"], repos["private"], "nobody-here/new"):
-        denied = stranger.post(f"/v2/{name}/blobs/uploads/")
-        assert (denied.status_code, error_code(denied)) == (403, "DENIED"), name
+    denied = stranger.post(f"/v2/{repos['public']}/blobs/uploads/")  # one they may see
+    assert (denied.status_code, error_code(denied)) == (403, "DENIED")
+    for name in (repos["private"], "nobody-here/new"):  # the same answer, whether it exists or not
+        unseen = stranger.post(f"/v2/{name}/blobs/uploads/")
+        assert (unseen.status_code, error_code(unseen)) == (404, "NAME_UNKNOWN"), name
     assert stranger.patch(f"/api/v1/repos/{repos['public']}", json={"visibility": "private"}).status_code == 403
 
 
@@ -154,7 +156,7 @@ def test_organisation_members_push_to_its_namespace(registry: RegistryServer) ->
     push_image(http(registry.url, member_token), f"{organisation}/shared", "v1")
     outsider_client = http(registry.url, outsider_token)
     assert outsider_client.get(f"/v2/{organisation}/shared/manifests/v1").status_code == 404
-    assert error_code(outsider_client.post(f"/v2/{organisation}/other/blobs/uploads/")) == "DENIED"
+    assert error_code(outsider_client.post(f"/v2/{organisation}/other/blobs/uploads/")) == "NAME_UNKNOWN"
 
 
 def test_malformed_authorization_header(registry: RegistryServer) -> None:

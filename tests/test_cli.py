@@ -48,7 +48,7 @@ def test_admin_prints_only_the_token(registry: RegistryServer) -> None:
     taken = cli(registry, "admin", "create-user", "dana-cli", check=False)
     assert (taken.returncode, taken.stderr.strip()) == (1, "Error: the name 'dana-cli' is taken")
     bad_scope = cli(registry, "admin", "create-token", "dana-cli", "--scope", "root", check=False)
-    assert "unknown scope 'root'; use one of read, write, admin" in bad_scope.stderr
+    assert "unknown scope 'root'; use one of read, deploy, write, admin" in bad_scope.stderr
 
 
 def test_login_saves_credentials_readable_by_owner_only(registry: RegistryServer, tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from modelhall.cli.output import console, errors, friendly_errors
 from modelhall.client.credentials import Credentials, save_credentials
 from modelhall.client.reference import registry_url
 from modelhall.client.registry import RegistryClient
-from modelhall.registry.auth.tokens import SCOPES, create_access_token
-from modelhall.registry.db.models import Membership, Organization, User
+from modelhall.registry.auth.scopes import SCOPE_HELP, SCOPES
+from modelhall.registry.auth.tokens import create_access_token
+from modelhall.registry.db.models import ROLES, Membership, Organization, User
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
 from modelhall.settings import load_settings
 
@@ -89,13 +90,15 @@ def create_org(name: str) -> None:
 
 @admin.command("add-member")
 def add_member(organisation: str, user: str,
-               role: Annotated[str, typer.Option(help="member or admin")] = "member") -> None:
-    """Let USER push to ORGANISATION's namespace."""
+               role: Annotated[str, typer.Option(help="reader, maintainer or owner")] = "maintainer") -> None:
+    """Give USER a role in ORGANISATION: readers see and run its private models, maintainers also push."""
     with _sessions()() as db:
         org = db.scalar(select(Organization).where(Organization.name == organisation))
         member = db.scalar(select(User).where(User.name == user))
         if org is None or member is None:
             _fail(f"no organisation {organisation!r}" if org is None else f"no user {user!r}")
+        if role not in ROLES:
+            _fail(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
         db.merge(Membership(organization_id=org.id, user_id=member.id, role=role))
         db.commit()
     console.print(f"{user} is a {role} of {organisation}", highlight=False)
@@ -103,7 +106,7 @@ def add_member(organisation: str, user: str,
 
 @admin.command("create-token")
 def create_token(user: str,
-                 scope: Annotated[list[str], typer.Option("--scope", help=f"one of {', '.join(SCOPES)}")] = ["read"],  # noqa: B006
+                 scope: Annotated[list[str], typer.Option("--scope", help=f"one of {', '.join(SCOPES)}. {SCOPE_HELP}")] = ["read"],  # noqa: B006
                  name: Annotated[str, typer.Option("--name", help="a note to recognise the token by")] = "") -> None:
     """Create an access token for USER and print it (only the token, on stdout, once)."""
     with _sessions()() as db:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from modelhall.registry.auth.policy import Action, Outcome, decide, permitted_actions
+from modelhall.registry.auth.policy import Action, Outcome, decide, visible_clause
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.api.schemas import Identity, RepositoryOut, RepositoryUpdate, Version, VersionSummary
 from modelhall.registry.context import get_db, get_principal
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/v1", tags=["repositories"])
 LATEST_TAG = "latest"
 
 
-def visible_repository(db: Session, principal: Principal, name: str, action: Action = Action.PULL) -> Repository:
+def visible_repository(db: Session, principal: Principal, name: str, action: Action = Action.VIEW) -> Repository:
     """The repository if ``principal`` may do ``action``; reading what one may not see is a 404.
 
     (Unlike the OCI API, no client here needs a 401 to start a token flow.)
@@ -24,7 +24,7 @@ def visible_repository(db: Session, principal: Principal, name: str, action: Act
     outcome, repository = decide(db, principal, name, action)
     if outcome is Outcome.ALLOW and repository is not None:
         return repository
-    if outcome is Outcome.CHALLENGE and action is not Action.PULL:
+    if outcome is Outcome.CHALLENGE and action is not Action.VIEW:
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
     if outcome is Outcome.DENIED:
         raise HTTPException(403, f"you may not {action.value} {name}")
@@ -52,6 +52,7 @@ def repository_out(db: Session, repository: Repository) -> RepositoryOut:
     latest = next((v for v in versions if v[0].name == LATEST_TAG), versions[0] if versions else None)
     return RepositoryOut(
         name=repository.name, namespace=repository.namespace, visibility=repository.visibility,  # type: ignore[arg-type]
+        weights=repository.weights,  # type: ignore[arg-type]
         description=repository.description, task=((latest[1].spec or {}).get("task") if latest else None),
         created_at=repository.created_at, updated_at=repository.updated_at,
         latest=summary(*latest) if latest else None,
@@ -68,14 +69,13 @@ def list_repositories(q: str | None = Query(default=None, max_length=100), names
                       limit: int = Query(default=50, ge=1, le=200), offset: int = Query(default=0, ge=0),
                       db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> list[RepositoryOut]:
     """Repositories the caller may see, most recently updated first."""
-    query = select(Repository).order_by(Repository.updated_at.desc(), Repository.name)
+    query = select(Repository).where(visible_clause(principal)).order_by(Repository.updated_at.desc(), Repository.name)
     if namespace:
         query = query.where(Repository.namespace == namespace)
     if q:
         pattern = f"%{q.lower()}%"
         query = query.where(or_(Repository.name.ilike(pattern), Repository.description.ilike(pattern)))
-    visible = [r for r in db.scalars(query) if Action.PULL in permitted_actions(db, principal, r.name, r)]
-    return [repository_out(db, r) for r in visible[offset: offset + limit]]
+    return [repository_out(db, r) for r in db.scalars(query.offset(offset).limit(limit))]
 
 
 @router.get("/repos/{name:path}/versions", response_model=list[VersionSummary])
@@ -105,11 +105,12 @@ def get_repository(name: str, db: Session = Depends(get_db),
 @router.patch("/repos/{name:path}", response_model=RepositoryOut)
 def update_repository(name: str, update: RepositoryUpdate, db: Session = Depends(get_db),
                       principal: Principal = Depends(get_principal)) -> RepositoryOut:
-    """Change visibility or description; needs write access to the repository's namespace."""
-    visible_repository(db, principal, name)
-    repository = visible_repository(db, principal, name, Action.PUSH)
+    """Change visibility, weights or description; needs maintainer rights (and a ``write`` token)."""
+    repository = visible_repository(db, principal, name, Action.MANAGE)
     if update.visibility is not None:
         repository.visibility = update.visibility
+    if update.weights is not None:
+        repository.weights = update.weights
     if update.description is not None:
         repository.description = update.description
     db.commit()

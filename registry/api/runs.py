@@ -1,10 +1,16 @@
-"""``/api/v1/repos/{owner}/{name}/runs``: run history, async runs, and the deployment's logs."""
+"""``/api/v1/repos/{owner}/{name}/runs``: run history, async runs, and the deployment's logs.
+
+The run history is for the model's members (``reader`` and up, with a ``deploy`` token);
+a share link sees the runs made through it. One run, by its id, is open to whoever may
+see the model: the id is the capability, as with an async run one started oneself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -19,7 +25,8 @@ from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Deployment, Repository, Run, Worker
 from modelhall.registry.deployments import handle_of
-from modelhall.registry.gateway import resolve_version, split_reference
+from modelhall.registry.auth.sharing import ShareLinkError, count_run
+from modelhall.registry.gateway import recorded_caller, resolve_version, split_reference
 from modelhall.registry.runs import new_run_id, stored_inputs
 
 router = APIRouter(prefix="/api/v1/repos", tags=["runs"])
@@ -37,9 +44,14 @@ def run_json(run: Run, show_caller: bool) -> dict[str, Any]:
     }
 
 
-def may_see_callers(db: Session, principal: Principal, repository: Repository) -> bool:
-    """Who asked is shown to those who may push to the repository; others see only their own runs' caller."""
-    return Action.PUSH in permitted_actions(db, principal, repository.name, repository)
+def is_member(db: Session, principal: Principal, repository: Repository) -> bool:
+    """May read every run and see who asked (a share link does not count)."""
+    return Action.READ_RUNS in permitted_actions(db, replace(principal, share=None), repository.name, repository)
+
+
+def own_run(principal: Principal, run: Run) -> bool:
+    own_callers = {principal.name, principal.share.caller if principal.share else None} - {None}
+    return run.caller in own_callers
 
 
 def _visible_run(db: Session, principal: Principal, owner: str, name: str, run_id: str) -> tuple[Run, bool]:
@@ -47,25 +59,29 @@ def _visible_run(db: Session, principal: Principal, owner: str, name: str, run_i
     run = db.get(Run, run_id)
     if run is None or run.repository_id != repository.id:
         raise HTTPException(404, f"{owner}/{name} has no run {run_id[:40]}")
-    show = may_see_callers(db, principal, repository) or (principal.name is not None and run.caller == principal.name)
-    return run, show
+    return run, is_member(db, principal, repository) or own_run(principal, run)
 
 
 @router.get("/{owner}/{name}/runs")
 def list_runs(owner: str, name: str, status: str | None = None, source: str | None = None,
+              share_link: int | None = Query(default=None, description="only the runs made through this share link"),
               limit: int = Query(default=50, ge=1, le=500), offset: int = Query(default=0, ge=0),
               db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
-    """Runs of a repository, newest first, filtered by status (queued, running, succeeded, failed) or source
-    (api, demo, async)."""
-    repository = visible_repository(db, principal, f"{owner}/{name}")
+    """Runs of a repository, newest first, filtered by status (queued, running, succeeded, failed), source
+    (api, demo, async) or share link. Members see every run, a share link the runs made through it."""
+    repository = visible_repository(db, principal, f"{owner}/{name}", Action.READ_RUNS)
     query = select(Run).where(Run.repository_id == repository.id).order_by(Run.created_at.desc())
+    member = is_member(db, principal, repository)
+    if not member:
+        assert principal.share is not None  # READ_RUNS without membership comes from a share link only
+        query = query.where(Run.caller == principal.share.caller)
+    if share_link is not None:
+        query = query.where(Run.caller == f"share-link:{share_link}")
     if status:
         query = query.where(Run.status == status)
     if source:
         query = query.where(Run.source == source)
-    show = may_see_callers(db, principal, repository)
-    return [run_json(run, show or (principal.name is not None and run.caller == principal.name))
-            for run in db.scalars(query.offset(offset).limit(limit))]
+    return [run_json(run, member or own_run(principal, run)) for run in db.scalars(query.offset(offset).limit(limit))]
 
 
 @router.post("/{owner}/{name_ref}/runs", status_code=202)
@@ -83,10 +99,16 @@ async def start_run(owner: str, name_ref: str, request: Request, db: Session = D
         raise HTTPException(422, "the body must be JSON like {\"inputs\": {...}}") from None
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), dict):
         raise HTTPException(422, "the body must be a JSON object with an \"inputs\" object")
+    caller, link_id = recorded_caller(db, principal, version)
+    if link_id is not None:
+        try:
+            count_run(db, link_id)
+        except ShareLinkError as error:
+            raise HTTPException(error.status, str(error)) from None
     context = request.app.state.context
     inputs = await run_in_threadpool(stored_inputs, context.store, body["inputs"])
     run = Run(id=new_run_id(), repository_id=version.repository.id, digest=version.digest, source="async",
-              caller=principal.name, status="queued", inputs=inputs)
+              caller=caller, status="queued", inputs=inputs)
     db.add(run)
     db.commit()
     url = f"/api/v1/repos/{owner}/{name}/runs/{run.id}"
@@ -114,8 +136,7 @@ async def follow_run(owner: str, name: str, run_id: str, request: Request, db: S
             assert run is not None
             repository = session.get(Repository, run.repository_id)
             assert repository is not None
-            show = may_see_callers(session, principal, repository) or run.caller == principal.name
-            return run.status, run_json(run, show)
+            return run.status, run_json(run, is_member(session, principal, repository) or own_run(principal, run))
 
     async def events() -> AsyncIterator[bytes]:
         last = None
@@ -153,7 +174,7 @@ def deployment_logs(owner: str, name_ref: str, request: Request, build: bool = F
     name, reference = split_reference(name_ref)
     visible_repository(db, principal, f"{owner}/{name}", Action.PUSH)
     try:
-        version = resolve_version(db, principal, f"{owner}/{name}", reference)
+        version = resolve_version(db, principal, f"{owner}/{name}", reference, Action.VIEW)
     except LookupError as error:
         raise HTTPException(404, str(error)) from None
     deployment = db.scalar(select(Deployment).where(Deployment.repository_id == version.repository.id,

@@ -27,10 +27,15 @@ class Version(VersionSummary):
     annotations: dict[str, Any]
 
 
+Visibility = Literal["public", "internal", "private"]
+Weights = Literal["downloadable", "hidden"]
+
+
 class RepositoryOut(BaseModel):
     name: str
     namespace: str
-    visibility: Literal["public", "private"]
+    visibility: Visibility
+    weights: Weights = Field(description="hidden: only members may pull the artifact; others may still run it")
     description: str
     task: str | None
     created_at: datetime
@@ -39,5 +44,6 @@ class RepositoryOut(BaseModel):
 
 
 class RepositoryUpdate(BaseModel):
-    visibility: Literal["public", "private"] | None = None
+    visibility: Visibility | None = None
+    weights: Weights | None = None
     description: str | None = Field(default=None, max_length=2000)

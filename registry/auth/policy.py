@@ -1,25 +1,43 @@
 """The one function that decides who may do what to which repository.
 
-Every route (OCI, REST API, token endpoint) asks :func:`decide`. Private repositories
-stay invisible: whoever may not read one gets the same answer as for a repository that
-does not exist.
+Every surface asks :func:`decide` (or, for listings, :func:`visible_clause`, the same
+rules as a query): the OCI API, the token endpoint, the REST API, the gateway to demos
+and predictions, run history and run files.
+
+Rights come from three places, and a principal gets their union:
+
+- **the repository's audience**: a ``public`` one may be seen and run by anyone, an
+  ``internal`` one by anyone logged in; both may be pulled by them too unless its
+  weights are ``hidden``;
+- **a role**: owner of the namespace (the user, or an organisation's ``owner``),
+  ``maintainer`` (push, delete, settings, share links) or ``reader`` (see, pull, run,
+  run history) through organisation membership or as a collaborator; an access token
+  narrows a role to its scopes;
+- **a share link** for the repository: see it and run it (only the pinned version, if
+  the link is pinned), never pull.
+
+Whoever may not see a repository gets the same answer as for one that does not exist.
 """
 
 from __future__ import annotations
 
 import enum
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, false, or_, select, true
 from sqlalchemy.orm import Session
 
 from modelhall.registry.auth.principal import Principal
-from modelhall.registry.db.models import Membership, Organization, Repository
+from modelhall.registry.db.models import ROLES, Collaborator, Membership, Organization, Repository
 
 
 class Action(enum.StrEnum):
-    PULL = "pull"
+    VIEW = "view"            # metadata, versions, model card, listings
+    PULL = "pull"            # the artifact itself (OCI manifests and blobs)
+    RUN = "run"              # the demo, predict, async runs
+    READ_RUNS = "read_runs"  # run history, run files, worker and build logs
     PUSH = "push"
     DELETE = "delete"
+    MANAGE = "manage"        # visibility, weights, description, share links
 
 
 class Outcome(enum.Enum):
@@ -29,49 +47,109 @@ class Outcome(enum.Enum):
     DENIED = "denied"         # 403: you may see it, but not do this
 
 
-TOKEN_SCOPE_FOR = {Action.PULL: "read", Action.PUSH: "write", Action.DELETE: "write"}
+SCOPE_FOR = {Action.VIEW: "read", Action.PULL: "read", Action.RUN: "read", Action.READ_RUNS: "deploy",
+             Action.PUSH: "write", Action.DELETE: "write", Action.MANAGE: "write"}
+RIGHTS_OF_ROLE = {
+    "reader": frozenset({Action.VIEW, Action.PULL, Action.RUN, Action.READ_RUNS}),
+    "maintainer": frozenset(Action),
+    "owner": frozenset(Action),
+}
+AUDIENCE_RIGHTS = frozenset({Action.VIEW, Action.RUN})
+SHARE_RIGHTS = frozenset({Action.VIEW, Action.RUN, Action.READ_RUNS})  # its own runs only: see api/runs.py
+OCI_ACTIONS = frozenset({Action.PULL, Action.PUSH, Action.DELETE})
 
 
 def namespace_of(repository_name: str) -> str:
     return repository_name.split("/", 1)[0]
 
 
-def may_write_namespace(db: Session, principal: Principal, namespace: str) -> bool:
-    """Users write their own namespace and those of organisations they belong to."""
+def _higher(first: str | None, second: str | None) -> str | None:
+    if first is None or second is None:
+        return first or second
+    return max(first, second, key=ROLES.index)
+
+
+def role_of(db: Session, principal: Principal, namespace: str, repository: Repository | None) -> str | None:
+    """The principal's role on a repository (or on a namespace, for one not created yet)."""
     user = principal.user
     if user is None:
-        return False
+        return None
     if user.is_admin or user.name == namespace:
-        return True
-    membership = db.scalar(
-        select(Membership).join(Organization).where(Organization.name == namespace, Membership.user_id == user.id)
-    )
-    return membership is not None
+        return "owner"
+    role = db.scalar(select(Membership.role).join(Organization).where(Organization.name == namespace,
+                                                                       Membership.user_id == user.id))
+    if repository is not None:
+        role = _higher(role, db.scalar(select(Collaborator.role).where(
+            Collaborator.repository_id == repository.id, Collaborator.user_id == user.id)))
+    return role
+
+
+def audience_rights(principal: Principal, repository: Repository) -> frozenset[Action]:
+    """What the repository's visibility gives everyone in its audience."""
+    in_audience = repository.visibility == "public" or (repository.visibility == "internal"
+                                                        and principal.user is not None)
+    if not in_audience:
+        return frozenset()
+    return AUDIENCE_RIGHTS | ({Action.PULL} if repository.weights == "downloadable" else set())
+
+
+def share_rights(principal: Principal, repository: Repository, digest: str | None) -> frozenset[Action]:
+    share = principal.share
+    if share is None or share.repository_id != repository.id:
+        return frozenset()
+    if share.digest is not None and digest is not None and digest != share.digest:
+        return frozenset({Action.VIEW})  # a review snapshot runs its own version only
+    return SHARE_RIGHTS
 
 
 def permitted_actions(db: Session, principal: Principal, name: str, repository: Repository | None,
-                      *, honour_grants: bool = True) -> frozenset[Action]:
-    """Everything ``principal`` may do to repository ``name`` (``repository`` if it exists)."""
-    actions: set[Action] = set()
-    if may_write_namespace(db, principal, namespace_of(name)):
-        actions = {action for action in Action if TOKEN_SCOPE_FOR[action] in principal.scopes}
-    if repository is not None and repository.is_public:
-        actions.add(Action.PULL)
-    if honour_grants and principal.grants is not None:
-        actions &= {Action(a) for a in principal.grants.get(name, frozenset()) if a in Action.__members__.values()}
+                      *, digest: str | None = None, honour_grants: bool = True) -> frozenset[Action]:
+    """Everything ``principal`` may do to repository ``name`` (``repository`` if it exists);
+    ``digest`` names the version, for links pinned to one."""
+    role = role_of(db, principal, namespace_of(name), repository)
+    from_role = {action for action in RIGHTS_OF_ROLE.get(role or "", ()) if SCOPE_FOR[action] in principal.scopes}
+    if repository is None:  # a push may create it, in a namespace one maintains (and then do the rest)
+        return frozenset(from_role) if role in ("maintainer", "owner") else frozenset()
+    actions = from_role | audience_rights(principal, repository) | share_rights(principal, repository, digest)
+    if honour_grants and principal.grants is not None:  # a registry token: the OCI actions it names, nothing else
+        granted = {Action(a) for a in principal.grants.get(name, frozenset()) if a in OCI_ACTIONS}
+        actions &= granted | ({Action.VIEW} if granted else set())
     return frozenset(actions)
 
 
-def decide(db: Session, principal: Principal, name: str, action: Action) -> tuple[Outcome, Repository | None]:
+def decide(db: Session, principal: Principal, name: str, action: Action,
+           digest: str | None = None) -> tuple[Outcome, Repository | None]:
     repository = db.scalar(select(Repository).where(Repository.name == name))
-    granted = permitted_actions(db, principal, name, repository)
-    if action in granted:
+    if action in permitted_actions(db, principal, name, repository, digest=digest):
         return Outcome.ALLOW, repository
-    possible = permitted_actions(db, principal, name, repository, honour_grants=False)
-    if principal.is_anonymous and not principal.presented_credentials:
+    possible = permitted_actions(db, principal, name, repository, digest=digest, honour_grants=False)
+    if principal.is_anonymous and not principal.presented_credentials and principal.share is None:
         return Outcome.CHALLENGE, None
     if action in possible:
         return Outcome.CHALLENGE, None  # the registry token in use was minted without this action
-    if Action.PULL in possible and repository is not None:
+    if Action.VIEW in possible and repository is not None:
         return Outcome.DENIED, None
-    return (Outcome.DENIED if action == Action.PUSH else Outcome.NOT_FOUND), None
+    return Outcome.NOT_FOUND, None
+
+
+def visible_clause(principal: Principal) -> ColumnElement[bool]:
+    """The repositories ``principal`` may see (:data:`Action.VIEW`), as a filter for a query.
+
+    The same rules as :func:`permitted_actions`, for listings and search that must not load
+    every repository to test each.
+    """
+    user = principal.user
+    audience = Repository.visibility == "public"
+    if user is not None:
+        audience = or_(audience, Repository.visibility == "internal")
+    if user is None or "read" not in principal.scopes:
+        by_role: ColumnElement[bool] = false()
+    elif user.is_admin:
+        by_role = true()
+    else:
+        organisations = select(Organization.name).join(Membership).where(Membership.user_id == user.id)
+        collaborations = select(Collaborator.repository_id).where(Collaborator.user_id == user.id)
+        by_role = or_(Repository.namespace == user.name, Repository.namespace.in_(organisations),
+                      Repository.id.in_(collaborations))
+    shared = Repository.id == principal.share.repository_id if principal.share else false()
+    return or_(audience, by_role, shared)

@@ -1,30 +1,52 @@
-"""Who is asking: resolved once per request from its ``Authorization`` header."""
+"""Who is asking: resolved once per request from its ``Authorization`` header, or else the
+browser's session cookie, plus a share link if the request carries one."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelhall.registry.auth.scopes import SCOPES
 from modelhall.registry.auth.tokens import TOKEN_PREFIX, InvalidTokenError, find_access_token, verify_registry_token
 from modelhall.registry.db.models import User
+
+
+@dataclass(frozen=True)
+class ShareGrant:
+    """A valid share link the request carries: demo and runs of one repository."""
+
+    link_id: int
+    repository_id: int
+    digest: str | None
+    anonymous: bool
+
+    @property
+    def caller(self) -> str:
+        """How runs made through the link are recorded: the link, never the person."""
+        return f"share-link:{self.link_id}"
 
 
 @dataclass(frozen=True)
 class Principal:
     """An authenticated user (or nobody) and the limits of the credential they used.
 
-    ``scopes`` are the personal access token's ranked scopes. ``grants`` is set when the
-    request carries a registry token: then only the repository actions it names count.
+    ``scopes`` are the access token's scopes (a browser session has them all). ``grants``
+    is set when the request carries a registry token: then only the repository actions it
+    names count. ``share`` is a share link the request carries.
     """
 
     user: User | None = None
     scopes: frozenset[str] = frozenset()
     grants: dict[str, frozenset[str]] | None = None
     presented_credentials: bool = False
+    share: ShareGrant | None = None
+    via_session: bool = False
 
     @property
     def is_anonymous(self) -> bool:
@@ -40,6 +62,15 @@ ANONYMOUS = Principal()
 
 class AuthenticationError(Exception):
     """Credentials were presented and are wrong, expired or revoked."""
+
+
+def principal_from_session(db: Session, session: Mapping[str, Any]) -> Principal:
+    """The user a browser logged in as (``/auth/login``); a session holds every scope."""
+    user_id = session.get("user_id")
+    user = db.get(User, user_id) if isinstance(user_id, int) else None
+    if user is None:
+        return ANONYMOUS
+    return Principal(user=user, scopes=frozenset(SCOPES), presented_credentials=True, via_session=True)
 
 
 def principal_from_header(db: Session, header: str | None, signing_key: str) -> Principal:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from modelhall.registry.auth.policy import permitted_actions
+from modelhall.registry.auth.policy import OCI_ACTIONS, permitted_actions
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.auth.tokens import issue_registry_token
 from modelhall.registry.context import RegistryContext, get_context, get_db, get_principal
@@ -50,7 +50,8 @@ def get_registry_token(request: Request, db: Session = Depends(get_db), principa
     access: dict[str, frozenset[str]] = {}
     for name in requested_repositories(request):
         repository = db.scalar(select(Repository).where(Repository.name == name))
-        access[name] = frozenset(action.value for action in permitted_actions(db, principal, name, repository))
+        access[name] = frozenset(action.value for action in permitted_actions(db, principal, name, repository)
+                                 if action in OCI_ACTIONS)
     ttl = context.settings.token_ttl_seconds
     token, issued = issue_registry_token(context.settings.signing_key, principal.name, principal.scopes, access, ttl)
     issued_at = datetime.fromtimestamp(issued, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -7,20 +7,21 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelhall.registry.auth.scopes import expand_scopes
 from modelhall.registry.db.models import AccessToken, User
 
 TOKEN_PREFIX = "mh_"
-SCOPES = ("read", "write", "admin")
 ISSUER = "modelhall"
 SERVICE = "modelhall"
 JWT_ALGORITHM = "HS256"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 class InvalidTokenError(Exception):
@@ -30,15 +31,6 @@ class InvalidTokenError(Exception):
 def hash_token(token: str) -> str:
     """SHA-256 of a token. The tokens are 256 random bits, so a fast hash is enough."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def expand_scopes(scopes: set[str] | frozenset[str]) -> frozenset[str]:
-    """Scopes are ranked: admin includes write, write includes read."""
-    unknown = set(scopes) - set(SCOPES)
-    if unknown:
-        raise ValueError(f"unknown scope {sorted(unknown)[0]!r}; use one of {', '.join(SCOPES)}")
-    highest = max((SCOPES.index(scope) for scope in scopes), default=-1)
-    return frozenset(SCOPES[: highest + 1])
 
 
 def create_access_token(db: Session, user: User, scopes: set[str], name: str = "",
@@ -55,9 +47,17 @@ def find_access_token(db: Session, token: str) -> AccessToken:
     record = db.scalar(select(AccessToken).where(AccessToken.token_hash == hash_token(token)))
     if record is None or record.revoked:
         raise InvalidTokenError("unknown or revoked token")
-    if record.expires_at and record.expires_at.replace(tzinfo=record.expires_at.tzinfo or UTC) < datetime.now(UTC):
+    now = datetime.now(UTC)
+    if record.expires_at and _aware(record.expires_at) < now:
         raise InvalidTokenError("the token has expired")
+    if record.last_used_at is None or now - _aware(record.last_used_at) > LAST_USED_RESOLUTION:
+        record.last_used_at = now  # at most once a minute: not a write on every request
+        db.commit()
     return record
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=moment.tzinfo or UTC)
 
 
 @dataclass(frozen=True)

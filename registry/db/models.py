@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from modelhall.registry.auth.scopes import expand_scopes
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -39,12 +41,33 @@ class Organization(Base):
     memberships: Mapped[list[Membership]] = relationship(back_populates="organization", cascade="all, delete-orphan")
 
 
+class Identity(Base):
+    """A login at an OpenID provider (issuer + subject), linked to the user it created."""
+
+    __tablename__ = "identities"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+
+ROLES = ("reader", "maintainer", "owner")  # ranked: each includes the ones before it
+
+
 class Membership(Base):
+    """A user's role in an organisation. ``source`` is ``manual``, or the OpenID provider whose
+    group claim granted it (re-synced at each login through that provider)."""
+
     __tablename__ = "memberships"
 
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
-    role: Mapped[str] = mapped_column(String(16), default="member")
+    role: Mapped[str] = mapped_column(String(16), default="maintainer")
+    source: Mapped[str] = mapped_column(String(64), default="manual")
 
     organization: Mapped[Organization] = relationship(back_populates="memberships")
     user: Mapped[User] = relationship(back_populates="memberships")
@@ -62,13 +85,15 @@ class AccessToken(Base):
     scopes: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
     user: Mapped[User] = relationship()
 
     @property
     def scope_set(self) -> frozenset[str]:
-        return frozenset(self.scopes.split())
+        """The stored scopes and every scope they include (ranked: a new scope joins older tokens)."""
+        return expand_scopes(frozenset(self.scopes.split()))
 
 
 class Repository(Base):
@@ -77,7 +102,8 @@ class Repository(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     namespace: Mapped[str] = mapped_column(String(64), index=True)
-    visibility: Mapped[str] = mapped_column(String(16), default="private")
+    visibility: Mapped[str] = mapped_column(String(16), default="private")  # public|internal|private
+    weights: Mapped[str] = mapped_column(String(16), default="downloadable")  # downloadable|hidden
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -85,6 +111,39 @@ class Repository(Base):
     @property
     def is_public(self) -> bool:
         return self.visibility == "public"
+
+
+class Collaborator(Base):
+    """A user given a role on one repository, beside its namespace's owners and members."""
+
+    __tablename__ = "collaborators"
+
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), default="reader")
+
+
+class ShareLink(Base):
+    """A capability URL for one repository: demo and runs, never pull.
+
+    Only the token's SHA-256 is kept. ``digest`` pins the link to one version (a review
+    snapshot); ``anonymous`` hides every trace of the owner from whoever holds it.
+    """
+
+    __tablename__ = "share_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(128), default="")
+    digest: Mapped[str | None] = mapped_column(String(135))
+    anonymous: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime | None]
+    run_quota: Mapped[int | None]
+    runs_used: Mapped[int] = mapped_column(default=0)
+    revoked_at: Mapped[datetime | None]
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class BlobLink(Base):

@@ -17,7 +17,7 @@ from modelhall.registry.oci.errors import OCIError
 COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME_PATTERN = re.compile(rf"^{COMPONENT}(?:/{COMPONENT})+$")
 MAX_NAME_LENGTH = 255
-CHALLENGE_ACTIONS = {Action.PULL: "pull", Action.PUSH: "pull,push", Action.DELETE: "delete"}
+CHALLENGE_ACTIONS = {Action.VIEW: "pull", Action.PULL: "pull", Action.PUSH: "pull,push", Action.DELETE: "delete"}
 
 
 def validate_name(name: str) -> None:
@@ -50,6 +50,9 @@ def require(request: Request, db: Session, principal: Principal, name: str, acti
     if outcome is Outcome.NOT_FOUND:
         raise OCIError("NAME_UNKNOWN", name)
     if outcome is Outcome.DENIED:
+        if action is Action.PULL:
+            raise OCIError("DENIED", f"the weights of {name} are hidden: only its members may pull it; "
+                                     "its demo and predict API are open to you")
         raise OCIError("DENIED", f"you may not {action.value} {name}")
     if repository is not None:
         return repository

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from modelhall.registry.auth.policy import Action, permitted_actions
+from modelhall.registry.auth.policy import Action, visible_clause
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Repository
@@ -34,7 +34,7 @@ def _next_link(path: str, n: int, last: str) -> dict[str, str]:
 @router.get("/v2/{name:path}/tags/list")
 def list_tags(name: str, request: Request, n: int | None = Query(default=None), last: str | None = None,
               db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> JSONResponse:
-    repository = require(request, db, principal, name, Action.PULL)
+    repository = require(request, db, principal, name, Action.VIEW)
     size = _page_size(n)
     tags = tags_of(db, repository, after=last, limit=size + 1) if size else []
     headers = _next_link(f"/v2/{name}/tags/list", size, tags[size - 1]) if len(tags) > size else {}
@@ -44,16 +44,11 @@ def list_tags(name: str, request: Request, n: int | None = Query(default=None), 
 @router.get("/v2/_catalog")
 def list_repositories(n: int | None = Query(default=None), last: str | None = None,
                       db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> JSONResponse:
-    """The repositories the caller may pull, in name order."""
+    """The repositories the caller may see, in name order."""
     size = _page_size(n)
-    query = select(Repository).order_by(Repository.name)
+    query = select(Repository.name).where(visible_clause(principal)).order_by(Repository.name)
     if last:
         query = query.where(Repository.name > last)
-    names: list[str] = []
-    for repository in db.scalars(query):
-        if Action.PULL in permitted_actions(db, principal, repository.name, repository):
-            names.append(repository.name)
-            if len(names) > size:
-                break
+    names = list(db.scalars(query.limit(size + 1)))
     headers = _next_link("/v2/_catalog", size, names[size - 1]) if len(names) > size else {}
     return JSONResponse({"repositories": names[:size]}, headers=headers)

@@ -1,0 +1,170 @@
+"""Logging in through OpenID Connect providers (and GitHub), with Authlib.
+
+    GET  /auth/providers            the configured providers, for login buttons
+    GET  /auth/login/{provider}     → the provider (authorization code + PKCE, state, nonce)
+    GET  /auth/callback/{provider}  ← the provider: the code exchanged, the ID token verified
+    GET  /auth/session              who the session is
+    POST /auth/logout               forget the session
+
+Authlib keeps ``state``, the PKCE verifier and the nonce in the signed session cookie
+between the two legs, and checks the ID token's signature, issuer, audience, expiry and
+nonce. A user is created on their first login; organisation memberships follow the
+provider's group claim at every login (see :func:`sync_memberships`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from authlib.common.errors import AuthlibBaseError
+from authlib.integrations.starlette_client import OAuth
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from modelhall.registry.context import get_context
+from modelhall.registry.db.models import ROLES, Identity, Membership, Organization, User
+from modelhall.settings import GITHUB, OIDCProvider, Settings
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+GITHUB_ISSUER = "https://github.com"
+NAME_FALLBACK = "user"
+
+
+def make_oauth(settings: Settings) -> OAuth:
+    oauth = OAuth()
+    for provider in settings.oidc_providers:
+        if provider.preset == "github":
+            oauth.register(provider.name, client_id=provider.client_id, client_secret=provider.client_secret,
+                           client_kwargs={"scope": "read:user user:email"}, **GITHUB)
+        else:
+            oauth.register(provider.name, client_id=provider.client_id, client_secret=provider.client_secret,
+                           server_metadata_url=provider.discovery_url,
+                           client_kwargs={"scope": provider.scope, "code_challenge_method": "S256"})
+    return oauth
+
+
+def _provider(request: Request, name: str) -> OIDCProvider:
+    for provider in get_context(request).settings.oidc_providers:
+        if provider.name == name:
+            return provider
+    raise HTTPException(404, f"no login provider {name!r}")
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site: a login must not become an open redirect."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+@router.get("/providers")
+def providers(request: Request) -> list[dict[str, str]]:
+    return [{"name": p.name, "login": f"/auth/login/{p.name}"} for p in get_context(request).settings.oidc_providers]
+
+
+@router.get("/login/{name}")
+async def login(name: str, request: Request, next: str | None = None) -> Response:  # noqa: A002 - the usual name
+    _provider(request, name)
+    request.session["next"] = _safe_next(next)
+    client = request.app.state.oauth.create_client(name)
+    return await client.authorize_redirect(request, str(request.url_for("oidc_callback", name=name)))
+
+
+@router.get("/callback/{name}", name="oidc_callback")
+async def callback(name: str, request: Request) -> Response:
+    provider = _provider(request, name)
+    client = request.app.state.oauth.create_client(name)
+    try:
+        token = await client.authorize_access_token(request)
+        if provider.preset == "github":
+            claims = (await client.get("user", token=token)).json()
+            issuer, subject, username = GITHUB_ISSUER, str(claims["id"]), claims.get("login")
+        else:
+            claims = dict(token["userinfo"])
+            issuer, subject, username = claims["iss"], claims["sub"], claims.get(provider.username_claim)
+    except AuthlibBaseError as error:  # mismatching state, a refused code, an ID token that does not verify
+        raise HTTPException(400, f"login failed: {error.description or error.error}") from None  # type: ignore[attr-defined]
+    except KeyError as error:
+        raise HTTPException(400, f"login failed: the provider sent no {error.args[0]!r}") from None
+    context = get_context(request)
+    with context.sessions() as db:
+        user = user_for_identity(db, issuer, subject, username or claims.get("email"))
+        sync_memberships(db, user, provider, claims.get(provider.groups_claim))
+        db.commit()
+        user_id = user.id
+    target = request.session.pop("next", "/")
+    request.session.clear()  # nothing from before the login survives it (session fixation)
+    request.session["user_id"] = user_id
+    return RedirectResponse(_safe_next(target), status_code=303)
+
+
+@router.get("/session")
+def session(request: Request) -> dict[str, Any]:
+    context = get_context(request)
+    with context.sessions() as db:
+        user = db.get(User, request.session.get("user_id", -1))
+        return {"user": user.name if user else None}
+
+
+@router.post("/logout")
+def logout(request: Request) -> JSONResponse:
+    request.session.clear()
+    return JSONResponse({"user": None})
+
+
+def _namespace_name(wanted: str | None) -> str:
+    base = (wanted or NAME_FALLBACK).split("@")[0].lower()
+    base = re.sub(r"[^a-z0-9]+", "-", base).strip("-")[:48]
+    return base or NAME_FALLBACK
+
+
+def _free_name(db: Session, wanted: str) -> str:
+    candidate, number = wanted, 1
+    while (db.scalar(select(User.id).where(User.name == candidate)) is not None
+           or db.scalar(select(Organization.id).where(Organization.name == candidate)) is not None):
+        number += 1
+        candidate = f"{wanted}-{number}"
+    return candidate
+
+
+def user_for_identity(db: Session, issuer: str, subject: str, username: str | None) -> User:
+    """The user this login belongs to, created (with a free namespace) on the first one."""
+    identity = db.scalar(select(Identity).where(Identity.issuer == issuer, Identity.subject == subject))
+    if identity is not None:
+        user = db.get(User, identity.user_id)
+        assert user is not None
+        return user
+    user = User(name=_free_name(db, _namespace_name(username)))
+    db.add(user)
+    db.flush()
+    db.add(Identity(user_id=user.id, issuer=issuer, subject=subject))
+    return user
+
+
+def sync_memberships(db: Session, user: User, provider: OIDCProvider, groups: object) -> None:
+    """Make the memberships this provider granted match the groups it sends now.
+
+    Memberships given by hand (``source = manual``) are left alone; an organisation named
+    by the mapping is created if it does not exist yet.
+    """
+    wanted: dict[str, str] = {}
+    for group in groups if isinstance(groups, list) else []:
+        target = provider.organisations.get(str(group))
+        if target:
+            organisation, _, role = target.partition(":")
+            role = role if role in ROLES else "reader"
+            wanted[organisation] = max(wanted.get(organisation, role), role, key=ROLES.index)
+    source = f"oidc:{provider.name}"
+    db.execute(delete(Membership).where(Membership.user_id == user.id, Membership.source == source))
+    for organisation_name, role in wanted.items():
+        organisation = db.scalar(select(Organization).where(Organization.name == organisation_name))
+        if organisation is None:
+            organisation = Organization(name=organisation_name)
+            db.add(organisation)
+            db.flush()
+        existing = db.get(Membership, (organisation.id, user.id))
+        if existing is None:
+            db.add(Membership(organization_id=organisation.id, user_id=user.id, role=role, source=source))
