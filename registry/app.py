@@ -16,7 +16,7 @@ from modelhall.adapters.runtimes.base import Runtime
 from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.storage import open_blob_store
 from modelhall.registry import gateway
-from modelhall.registry.api import repos, runs
+from modelhall.registry.api import repos, runs, shares, tokens
 from modelhall.registry.auth import oidc
 from modelhall.registry.auth import routes as token_routes
 from modelhall.registry.auth.csrf import SameOriginForSessions
@@ -80,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Before the REST API's /api/v1/repos/{name:path}, which would take …/predict and …/runs for names:
     app.include_router(gateway.router)
     app.include_router(runs.router)
+    app.include_router(shares.router)
+    app.include_router(tokens.router)
     app.include_router(repos.router)
     return app
 

@@ -2,7 +2,7 @@
 
 import typer
 
-from modelhall.cli import accounts, bundles, models, runs, server
+from modelhall.cli import accounts, bundles, models, runs, server, sharing
 
 app = typer.Typer(help="Share trained models as live, reproducible demos.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -18,5 +18,7 @@ app.command()(models.serve)
 app.command()(models.predict)
 app.command()(runs.runs)
 app.command()(runs.logs)
+app.command()(sharing.visibility)
 app.add_typer(accounts.admin, name="admin")
 app.add_typer(models.importer, name="import")
+app.add_typer(sharing.share, name="share")

@@ -17,7 +17,7 @@ from modelhall.settings import load_settings
 MAX_SHOWN = 60
 
 
-def _client(repository: str) -> tuple[RegistryClient, str]:
+def repository_client(repository: str) -> tuple[RegistryClient, str]:
     reference = parse_reference(repository, load_settings().url)
     client = RegistryClient(reference.registry, load_credentials(reference.host))
     suffix = "" if reference.reference == "latest" else f"@{reference.reference}"
@@ -35,7 +35,7 @@ def runs(repository: Annotated[str, typer.Argument(help="owner/name")],
          source: Annotated[str | None, typer.Option(help="api, demo or async")] = None,
          limit: Annotated[int, typer.Option(help="how many, newest first")] = 20) -> None:
     """List a model's recent runs."""
-    client, name = _client(repository)
+    client, name = repository_client(repository)
     params = {k: v for k, v in {"status": status, "source": source, "limit": limit}.items() if v is not None}
     with client:
         found = client.api("GET", f"/repos/{name.split('@')[0]}/runs", params=params)
@@ -55,7 +55,7 @@ def logs(repository: Annotated[str, typer.Argument(help="owner/name, owner/name:
          build: Annotated[bool, typer.Option("--build", help="the environment build's log")] = False,
          lines: Annotated[int, typer.Option(help="how many lines from the end")] = 200) -> None:
     """Show the newest worker's output, or with --build the environment build's log."""
-    client, name = _client(repository)
+    client, name = repository_client(repository)
     with client:
         response = client.http.get(f"/api/v1/repos/{name}/deployment/logs",
                                    params={"build": str(build).lower(), "lines": lines})
