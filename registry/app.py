@@ -24,6 +24,7 @@ from modelhall.registry.auth.principal import AuthenticationError
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
 from modelhall.registry.deployments import Deployments
+from modelhall.registry.redaction import install_redaction
 from modelhall.registry.runs import AsyncRunner
 from modelhall.registry.oci import base, blobs, manifests, referrers, tags, uploads
 from modelhall.registry.oci.access import challenge
@@ -42,6 +43,7 @@ def open_runtime(settings: Settings) -> Runtime:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    install_redaction()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     migrate(engine)
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_redaction()  # again: the server has set up its log handlers by now
         await run_in_threadpool(deployments.recover)
         reaper = asyncio.create_task(deployments.run_reaper(settings.reaper_interval))
         app.state.worker_clients = gateway.WorkerClients()

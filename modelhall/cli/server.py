@@ -32,7 +32,7 @@ def up(host: Annotated[str, typer.Option(help="interface to listen on")] = "127.
     warning = sandbox_warning()
     if warning:
         console.print(f"[bold red]{warning}[/bold red]", highlight=False)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=context.settings.log_level,
                                            timeout_graceful_shutdown=5))
     if demo:
         from modelhall.cli.demo import start_seeding

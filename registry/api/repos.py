@@ -11,6 +11,7 @@ from modelhall.registry.auth.principal import Principal
 from modelhall.registry.api.schemas import Identity, RepositoryOut, RepositoryUpdate, Version, VersionSummary
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Manifest, Repository, Tag
+from modelhall.registry.oci.access import NOT_FOUND_DETAIL
 
 router = APIRouter(prefix="/api/v1", tags=["repositories"])
 LATEST_TAG = "latest"
@@ -28,7 +29,7 @@ def visible_repository(db: Session, principal: Principal, name: str, action: Act
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
     if outcome is Outcome.DENIED:
         raise HTTPException(403, f"you may not {action.value} {name}")
-    raise HTTPException(404, f"no repository {name}")
+    raise HTTPException(404, NOT_FOUND_DETAIL)
 
 
 def versions_of(db: Session, repository: Repository) -> list[tuple[Tag, Manifest]]:

@@ -17,6 +17,8 @@ from modelhall.registry.oci.errors import OCIError
 COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME_PATTERN = re.compile(rf"^{COMPONENT}(?:/{COMPONENT})+$")
 MAX_NAME_LENGTH = 255
+# The same words whether the repository does not exist or may not be seen; the name asked for is not echoed.
+NOT_FOUND_DETAIL = "no repository by that name, or none you may see"
 CHALLENGE_ACTIONS = {Action.VIEW: "pull", Action.PULL: "pull", Action.PUSH: "pull,push", Action.DELETE: "delete"}
 
 
@@ -48,7 +50,7 @@ def require(request: Request, db: Session, principal: Principal, name: str, acti
         error = "insufficient_scope" if principal.presented_credentials else None
         raise OCIError("UNAUTHORIZED", headers=challenge(request, scope, error))
     if outcome is Outcome.NOT_FOUND:
-        raise OCIError("NAME_UNKNOWN", name)
+        raise OCIError("NAME_UNKNOWN", NOT_FOUND_DETAIL)
     if outcome is Outcome.DENIED:
         if action is Action.PULL:
             raise OCIError("DENIED", f"the weights of {name} are hidden: only its members may pull it; "
@@ -60,4 +62,4 @@ def require(request: Request, db: Session, principal: Principal, name: str, acti
         repository = create_repository(db, name)
         db.commit()  # at once: the upload that follows may stream for minutes and must hold no lock
         return repository
-    raise OCIError("NAME_UNKNOWN", name)
+    raise OCIError("NAME_UNKNOWN", NOT_FOUND_DETAIL)
