@@ -20,6 +20,7 @@ from typing import Any
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.starlette_client import OAuth
 from fastapi import APIRouter, HTTPException, Request
+from joserfc.errors import JoseError  # Authlib verifies ID tokens with joserfc
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -85,8 +86,8 @@ async def callback(name: str, request: Request) -> Response:
         else:
             claims = dict(token["userinfo"])
             issuer, subject, username = claims["iss"], claims["sub"], claims.get(provider.username_claim)
-    except AuthlibBaseError as error:  # mismatching state, a refused code, an ID token that does not verify
-        raise HTTPException(400, f"login failed: {error.description or error.error}") from None  # type: ignore[attr-defined]
+    except (AuthlibBaseError, JoseError) as error:  # a mismatching state, a refused code, an ID token that fails
+        raise HTTPException(400, f"login failed: {error.description or error.error}") from None
     except KeyError as error:
         raise HTTPException(400, f"login failed: the provider sent no {error.args[0]!r}") from None
     context = get_context(request)
