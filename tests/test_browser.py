@@ -147,8 +147,8 @@ def test_an_image_made_behind_the_gateway_loads_in_the_page(page: Page, tmp_path
                                                                    "beach.png"))
         run(page)
         download = page.get_by_role("link", name="Download")
-        expect(download).to_have_attribute("href", re.compile(rf"/demo/{user}/winter@sha256:[0-9a-f]{{64}}/"),
+        expect(download).to_have_attribute("href", re.compile(r"/live/\d+@sha256:[0-9a-f]{64}/"),
                                            timeout=OUTPUT_TIMEOUT_MS)
-        loaded = page.locator("img[src*='winter@sha256'][src$='.png']").last
+        loaded = page.locator("img[src*='/live/'][src$='.png']").last
         expect(loaded).to_have_js_property("naturalWidth", 256, timeout=OUTPUT_TIMEOUT_MS)
         page.screenshot(path=str(artifacts_dir / "gateway-image-to-image.png"), full_page=True)

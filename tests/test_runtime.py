@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -100,7 +101,7 @@ def test_the_demo_through_the_gateway_with_gradio_client(runtime_registry: Regis
                     download_files=str(tmp_path / "downloads"), httpx_kwargs={"timeout": 120})
     assert client.predict("Cy", "excited", api_name="/predict") == "Hello, Cy!!"
     config = httpx.get(f"{runtime_registry.url}/demo/{user}/via-gateway/config").json()
-    assert config["root"] == f"{runtime_registry.url}/demo/{user}/via-gateway@{digest}"  # one prefix per version
+    assert re.fullmatch(rf"{runtime_registry.url}/live/\d+@{digest}", config["root"])  # one prefix per version
 
 
 def test_a_version_by_tag_or_digest(runtime_registry: RegistryServer, tmp_path: Path) -> None:

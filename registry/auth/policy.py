@@ -98,7 +98,7 @@ def share_rights(principal: Principal, repository: Repository, digest: str | Non
     if share is None or share.repository_id != repository.id:
         return frozenset()
     if share.digest is not None and digest is not None and digest != share.digest:
-        return frozenset({Action.VIEW})  # a review snapshot runs its own version only
+        return frozenset()  # a review snapshot shows its own version only: the others are not there for it
     return SHARE_RIGHTS
 
 
