@@ -21,6 +21,7 @@ from modelhall.registry.auth import oidc
 from modelhall.registry.auth import routes as token_routes
 from modelhall.registry.auth.csrf import SameOriginForSessions
 from modelhall.registry.auth.principal import AuthenticationError
+from modelhall.registry.catalog import refresh_stale_catalogs
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
 from modelhall.registry.deployments import Deployments
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     migrate(engine)
     context = RegistryContext(settings=settings, engine=engine, sessions=make_session_factory(engine),
                               store=open_blob_store(settings.storage_url))
+    with context.sessions() as db:
+        refresh_stale_catalogs(db)
     deployments = Deployments(context, open_runtime(settings), wake_timeout=settings.wake_timeout)
 
     @asynccontextmanager

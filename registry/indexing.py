@@ -16,12 +16,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
 from modelhall.bundle import mediatypes as mt
 from modelhall.bundle.unpack import ARCHIVE_READ_ERRORS, IteratorReader, open_tar_gz_stream
 from modelhall.spec import SPEC_FILENAME, Spec, SpecError, parse_spec_json, parse_spec_yaml
 
 MAX_SPEC_BYTES = 1024 * 1024
 MAX_README_BYTES = 512 * 1024
+MAX_EXAMPLE_IMAGE_BYTES = 8 * 1024 * 1024
+THUMBNAIL_SIZE = 320
 README_NAMES = ("README.md", "readme.md", "README")
 
 ReadBlob = Callable[[str, int], bytes]
@@ -32,6 +36,7 @@ StreamBlob = Callable[[str], Iterator[bytes]]
 class BundleIndex:
     spec: Spec
     readme: str | None
+    thumbnail: bytes | None = None  # a small PNG of the first example image, for the gallery
 
 
 class BundleSpecInvalid(ValueError):
@@ -49,8 +54,9 @@ def index_manifest(manifest: dict[str, Any], read_blob: ReadBlob, stream_blob: S
         if manifest.get("artifactType") == mt.BUNDLE_ARTIFACT_TYPE or config.get("mediaType") == mt.SPEC_MEDIA_TYPE:
             spec = parse_spec_json(read_blob(config["digest"], MAX_SPEC_BYTES), source="config")
             code = next((layer for layer in layers if layer.get("mediaType") == mt.CODE_MEDIA_TYPE), None)
-            readme = _readme_in_tar(stream_blob(code["digest"]), prefix="") if code else None
-            return BundleIndex(spec, readme)
+            if code is None:
+                return BundleIndex(spec, None)
+            return BundleIndex(spec, *_readme_and_thumbnail_in_tar(stream_blob(code["digest"]), example_image(spec)))
         titled = {_title(layer): layer for layer in layers if _title(layer)}
         if SPEC_FILENAME in titled:
             spec = parse_spec_yaml(_text(read_blob(titled[SPEC_FILENAME]["digest"], MAX_SPEC_BYTES)))
@@ -92,13 +98,39 @@ def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int) 
     return extracted.read() if extracted else None
 
 
-def _readme_in_tar(chunks: Iterator[bytes], prefix: str) -> str | None:
-    names = {prefix + name for name in README_NAMES}
-    for member, archive in _members(chunks):
-        if member.name.removeprefix("./") in names:
-            content = _read_member(archive, member, MAX_README_BYTES)
-            return _text(content) if content is not None else None
+def example_image(spec: Spec) -> str | None:
+    """The bundle path of the first example given for an image input, if any."""
+    images = [field.name for field in spec.inputs if field.type == "image"]
+    for example in spec.examples:
+        for name in images:
+            if isinstance(example.get(name), str):
+                return str(example[name]).removeprefix("./")
     return None
+
+
+def make_thumbnail(data: bytes) -> bytes | None:
+    """A PNG at most THUMBNAIL_SIZE on its longer side; None for what is not a readable image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            out = io.BytesIO()
+            image.convert("RGB").save(out, format="PNG", optimize=True)
+            return out.getvalue()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def _readme_and_thumbnail_in_tar(chunks: Iterator[bytes], image_path: str | None) -> tuple[str | None, bytes | None]:
+    readme = thumbnail = None
+    for member, archive in _members(chunks):
+        name = member.name.removeprefix("./")
+        if name in README_NAMES and readme is None:
+            content = _read_member(archive, member, MAX_README_BYTES)
+            readme = _text(content) if content is not None else None
+        elif name == image_path:
+            content = _read_member(archive, member, MAX_EXAMPLE_IMAGE_BYTES)
+            thumbnail = make_thumbnail(content) if content is not None else None
+    return readme, thumbnail
 
 
 def _bundle_in_folder_layer(chunks: Iterator[bytes], folder: str) -> BundleIndex | None:

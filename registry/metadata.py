@@ -104,3 +104,14 @@ def referrers_of(db: Session, repository: Repository, subject: str, artifact_typ
     if artifact_type:
         query = query.where(Manifest.artifact_type == artifact_type)
     return list(db.scalars(query.order_by(Manifest.created_at, Manifest.digest)))
+
+
+def versions_of(db: Session, repository: Repository) -> list[tuple[Tag, Manifest]]:
+    """Tags that name a pushed manifest, newest first."""
+    rows = db.execute(
+        select(Tag, Manifest)
+        .join(Manifest, (Manifest.repository_id == Tag.repository_id) & (Manifest.digest == Tag.digest))
+        .where(Tag.repository_id == repository.id)
+        .order_by(Tag.updated_at.desc(), Tag.name)
+    )
+    return [(tag, manifest) for tag, manifest in rows]

@@ -22,6 +22,7 @@ from modelhall.adapters.runtimes.base import Runtime, WorkerHandle
 from modelhall.adapters.storage import BlobStore
 from modelhall.bundle.digests import digest_bytes
 from modelhall.registry.context import RegistryContext
+from modelhall.registry.catalog import count_runs
 from modelhall.registry.db.models import Manifest, Repository, Run, utcnow
 
 LOG_LINES = 20
@@ -72,6 +73,7 @@ class JournalReader:
                     finished_at=datetime.fromtimestamp(entry["finished_at"], UTC),
                 ))
                 added += 1
+            count_runs(db, repository_id, added)
             db.commit()
         return added
 

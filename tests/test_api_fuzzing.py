@@ -35,7 +35,7 @@ def test_no_server_error_and_no_answer_outside_the_schema(registry: RegistryServ
     failures = []
     for operation in operations:
 
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                   suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
         @given(case=operation.as_strategy())
         def exercise(case: schemathesis.Case) -> None:

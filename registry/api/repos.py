@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query
-from sqlalchemy import or_, select
+from typing import Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelhall.registry.auth.policy import Action, Outcome, decide, visible_clause
 from modelhall.registry.auth.principal import Principal
-from modelhall.registry.api.schemas import Identity, RepositoryOut, RepositoryUpdate, Version, VersionSummary
+from modelhall.registry.api.schemas import (
+    MAX_OFFSET,
+    Identity,
+    RepositoryCard,
+    RepositoryOut,
+    RepositoryUpdate,
+    Version,
+    VersionSummary,
+)
+from modelhall.registry.catalog import LATEST_TAG, refresh_catalog
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Manifest, Repository, Tag
+from modelhall.registry.metadata import versions_of
 from modelhall.registry.oci.access import NOT_FOUND_DETAIL
 
 router = APIRouter(prefix="/api/v1", tags=["repositories"])
-LATEST_TAG = "latest"
 
 
 def visible_repository(db: Session, principal: Principal, name: str, action: Action = Action.VIEW) -> Repository:
@@ -32,32 +43,34 @@ def visible_repository(db: Session, principal: Principal, name: str, action: Act
     raise HTTPException(404, NOT_FOUND_DETAIL)
 
 
-def versions_of(db: Session, repository: Repository) -> list[tuple[Tag, Manifest]]:
-    """Tags that name a pushed manifest, newest first."""
-    rows = db.execute(
-        select(Tag, Manifest)
-        .join(Manifest, (Manifest.repository_id == Tag.repository_id) & (Manifest.digest == Tag.digest))
-        .where(Tag.repository_id == repository.id)
-        .order_by(Tag.updated_at.desc(), Tag.name)
-    )
-    return [(tag, manifest) for tag, manifest in rows]
-
-
 def summary(tag: Tag, manifest: Manifest) -> VersionSummary:
     return VersionSummary(tag=tag.name, digest=manifest.digest, version=(manifest.spec or {}).get("version"),
                           size=manifest.total_size, pushed_at=tag.updated_at)
 
 
+def repository_card(repository: Repository, has_thumbnail: bool) -> RepositoryCard:
+    return RepositoryCard(
+        name=repository.name, namespace=repository.namespace, visibility=repository.visibility,  # type: ignore[arg-type]
+        weights=repository.weights, description=repository.description,  # type: ignore[arg-type]
+        task=repository.task, framework=repository.framework, license=repository.license, tags=repository.tags,
+        input_types=repository.input_types.split(), output_types=repository.output_types.split(),
+        run_count=repository.run_count, latest_digest=repository.latest_digest,
+        thumbnail=f"/api/v1/repos/{repository.name}/thumbnail" if has_thumbnail else None,
+        created_at=repository.created_at, updated_at=repository.updated_at,
+    )
+
+
+def _has_thumbnail(db: Session, repository: Repository) -> bool:
+    return db.scalar(select(Manifest.id).where(Manifest.repository_id == repository.id,
+                                               Manifest.digest == repository.latest_digest,
+                                               Manifest.thumbnail.is_not(None))) is not None
+
+
 def repository_out(db: Session, repository: Repository) -> RepositoryOut:
     versions = versions_of(db, repository)
     latest = next((v for v in versions if v[0].name == LATEST_TAG), versions[0] if versions else None)
-    return RepositoryOut(
-        name=repository.name, namespace=repository.namespace, visibility=repository.visibility,  # type: ignore[arg-type]
-        weights=repository.weights,  # type: ignore[arg-type]
-        description=repository.description, task=((latest[1].spec or {}).get("task") if latest else None),
-        created_at=repository.created_at, updated_at=repository.updated_at,
-        latest=summary(*latest) if latest else None,
-    )
+    card = repository_card(repository, _has_thumbnail(db, repository))
+    return RepositoryOut(**card.model_dump(), latest=summary(*latest) if latest else None)
 
 
 @router.get("/whoami", response_model=Identity)
@@ -65,18 +78,63 @@ def whoami(principal: Principal = Depends(get_principal)) -> Identity:
     return Identity(name=principal.name, scopes=sorted(principal.scopes))
 
 
-@router.get("/repos", response_model=list[RepositoryOut])
-def list_repositories(q: str | None = Query(default=None, max_length=100), namespace: str | None = None,
-                      limit: int = Query(default=50, ge=1, le=200), offset: int = Query(default=0, ge=0),
-                      db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> list[RepositoryOut]:
-    """Repositories the caller may see, most recently updated first."""
-    query = select(Repository).where(visible_clause(principal)).order_by(Repository.updated_at.desc(), Repository.name)
-    if namespace:
-        query = query.where(Repository.namespace == namespace)
-    if q:
-        pattern = f"%{q.lower()}%"
-        query = query.where(or_(Repository.name.ilike(pattern), Repository.description.ilike(pattern)))
-    return [repository_out(db, r) for r in db.scalars(query.offset(offset).limit(limit))]
+SORTS = {"recent": (Repository.updated_at.desc(), Repository.name), "runs": (Repository.run_count.desc(),
+                                                                           Repository.name),
+         "name": (Repository.name,)}
+
+
+@router.get("/repos", response_model=list[RepositoryCard])
+def list_repositories(response: Response, q: str | None = Query(default=None, max_length=100),
+                      namespace: str | None = None, task: str | None = None, framework: str | None = None,
+                      license: str | None = None, input_type: str | None = None,  # noqa: A002 - the API's word
+                      output_type: str | None = None,
+                      sort: Literal["recent", "runs", "name"] = "recent",
+                      limit: int = Query(default=50, ge=1, le=200), offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
+                      db: Session = Depends(get_db),
+                      principal: Principal = Depends(get_principal)) -> list[RepositoryCard]:
+    """Repositories the caller may see. ``q`` searches name, description, tags and model card; the
+    filters match exactly (``input_type=image&output_type=label`` for "image → label").
+    ``X-Total-Count`` says how many match in all."""
+    query = select(Repository).where(visible_clause(principal))
+    for column, value in ((Repository.namespace, namespace), (Repository.task, task),
+                          (Repository.framework, framework), (Repository.license, license)):
+        if value:
+            query = query.where(column == value)
+    if input_type:
+        query = query.where(Repository.input_types.contains(f" {input_type} "))
+    if output_type:
+        query = query.where(Repository.output_types.contains(f" {output_type} "))
+    for word in (q or "").lower().split():
+        query = query.where(Repository.search_text.contains(word, autoescape=True))
+    response.headers["X-Total-Count"] = str(db.scalar(select(func.count()).select_from(query.subquery())))
+    page = list(db.scalars(query.order_by(*SORTS[sort]).offset(offset).limit(limit)))
+    with_thumbnail = set(db.scalars(select(Manifest.repository_id).where(
+        Manifest.repository_id.in_([r.id for r in page]), Manifest.thumbnail.is_not(None),
+        Manifest.digest == select(Repository.latest_digest).where(Repository.id == Manifest.repository_id)
+        .scalar_subquery())))
+    return [repository_card(r, r.id in with_thumbnail) for r in page]
+
+
+@router.get("/repos/facets")
+def facets(db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> dict[str, list[str]]:
+    """The values the listing's filters can take, among the repositories the caller may see."""
+    visible = select(Repository).where(visible_clause(principal)).subquery()
+    values = {name: sorted(v for v in db.scalars(select(getattr(visible.c, name)).distinct()) if v)
+              for name in ("task", "framework", "license", "namespace")}
+    for name in ("input_types", "output_types"):
+        values[name] = sorted({t for joined in db.scalars(select(getattr(visible.c, name)).distinct())
+                               for t in joined.split()})
+    return values
+
+
+@router.get("/repos/{name:path}/thumbnail", include_in_schema=False)
+def thumbnail(name: str, db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> Response:
+    repository = visible_repository(db, principal, name)
+    image = db.scalar(select(Manifest.thumbnail).where(Manifest.repository_id == repository.id,
+                                                       Manifest.digest == repository.latest_digest))
+    if image is None:
+        raise HTTPException(404, f"{name} has no thumbnail")
+    return Response(image, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.get("/repos/{name:path}/versions", response_model=list[VersionSummary])
@@ -114,5 +172,6 @@ def update_repository(name: str, update: RepositoryUpdate, db: Session = Depends
         repository.weights = update.weights
     if update.description is not None:
         repository.description = update.description
+        refresh_catalog(db, repository)
     db.commit()
     return repository_out(db, repository)

@@ -20,12 +20,14 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from modelhall.registry.api.repos import visible_repository
+from modelhall.registry.api.schemas import MAX_ID, MAX_OFFSET
 from modelhall.registry.auth.policy import Action, permitted_actions
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Deployment, Repository, Run, Worker
 from modelhall.registry.deployments import handle_of
 from modelhall.registry.auth.sharing import ShareLinkError, count_run
+from modelhall.registry.catalog import count_runs
 from modelhall.registry.gateway import recorded_caller, resolve_version, split_reference
 from modelhall.registry.runs import new_run_id, stored_inputs
 
@@ -64,8 +66,9 @@ def _visible_run(db: Session, principal: Principal, owner: str, name: str, run_i
 
 @router.get("/{owner}/{name}/runs")
 def list_runs(owner: str, name: str, status: str | None = None, source: str | None = None,
-              share_link: int | None = Query(default=None, description="only the runs made through this share link"),
-              limit: int = Query(default=50, ge=1, le=500), offset: int = Query(default=0, ge=0),
+              share_link: int | None = Query(default=None, ge=1, le=MAX_ID,
+                                             description="only the runs made through this share link"),
+              limit: int = Query(default=50, ge=1, le=500), offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
               db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
     """Runs of a repository, newest first, filtered by status (queued, running, succeeded, failed), source
     (api, demo, async) or share link. Members see every run, a share link the runs made through it."""
@@ -110,6 +113,7 @@ async def start_run(owner: str, name_ref: str, request: Request, db: Session = D
     run = Run(id=new_run_id(), repository_id=version.repository.id, digest=version.digest, source="async",
               caller=caller, status="queued", inputs=inputs)
     db.add(run)
+    count_runs(db, version.repository.id)
     db.commit()
     url = f"/api/v1/repos/{owner}/{name}/runs/{run.id}"
     return JSONResponse({"id": run.id, "status": "queued", "url": url, "events": f"{url}/events"},

@@ -27,19 +27,35 @@ class Version(VersionSummary):
     annotations: dict[str, Any]
 
 
+# Database ids and offsets are 64-bit: a larger number in a request is a 422, not an overflow in the database.
+MAX_ID = 2**63 - 1
+MAX_OFFSET = 10**9
 Visibility = Literal["public", "internal", "private"]
 Weights = Literal["downloadable", "hidden"]
 
 
-class RepositoryOut(BaseModel):
+class RepositoryCard(BaseModel):
+    """A repository as listings show it: everything comes from its own row (see registry/catalog.py)."""
+
     name: str
     namespace: str
     visibility: Visibility
     weights: Weights = Field(description="hidden: only members may pull the artifact; others may still run it")
     description: str
     task: str | None
+    framework: str | None
+    license: str | None
+    tags: list[str]
+    input_types: list[str]
+    output_types: list[str]
+    run_count: int
+    latest_digest: str | None
+    thumbnail: str | None = Field(description="URL of a small image of the model's first example, if it has one")
     created_at: datetime
     updated_at: datetime
+
+
+class RepositoryOut(RepositoryCard):
     latest: VersionSummary | None
 
 

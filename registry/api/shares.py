@@ -17,9 +17,10 @@ Whoever holds a link (``X-Modelhall-Share: mhs_…``, or the browser session tha
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from modelhall.registry.api.repos import LATEST_TAG, visible_repository
 from modelhall.registry.api.runs import run_json
+from modelhall.registry.api.schemas import MAX_ID
 from modelhall.registry.auth.policy import Action
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.auth.sharing import ShareLinkError, create_share_link, find_share_link, link_state
@@ -95,7 +97,8 @@ def list_shares(owner: str, name: str, db: Session = Depends(get_db),
 
 
 @router.delete("/api/v1/repos/{owner}/{name}/shares/{link_id}", response_model=ShareOut)
-def revoke_share(owner: str, name: str, link_id: int, db: Session = Depends(get_db),
+def revoke_share(owner: str, name: str, link_id: Annotated[int, PathParam(ge=1, le=MAX_ID)],
+                 db: Session = Depends(get_db),
                  principal: Principal = Depends(get_principal)) -> ShareOut:
     """Revoke a link at once; its runs stay in the history."""
     repository = visible_repository(db, principal, f"{owner}/{name}", Action.MANAGE)

@@ -4,12 +4,15 @@ token or a browser session; a token is shown once, when it is created."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelhall.registry.api.schemas import MAX_ID
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.auth.scopes import SCOPE_HELP, SCOPES
 from modelhall.registry.auth.tokens import create_access_token, hash_token
@@ -70,7 +73,7 @@ def create_token(body: TokenCreate, db: Session = Depends(get_db),
 
 
 @router.delete("/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: int, db: Session = Depends(get_db),
+def revoke_token(token_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], db: Session = Depends(get_db),
                  principal: Principal = Depends(get_principal)) -> TokenOut:
     user = token_owner(principal)
     record = db.get(AccessToken, token_id)

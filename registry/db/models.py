@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Dialect, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -120,7 +132,18 @@ class Repository(Base):
     weights: Mapped[str] = mapped_column(String(16), default="downloadable")  # downloadable|hidden
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
+    # The catalog: the newest version's facts, kept here so that listing and search read one row
+    # per repository (see registry/catalog.py).
+    latest_digest: Mapped[str | None] = mapped_column(String(135))
+    task: Mapped[str | None] = mapped_column(String(64), index=True)
+    framework: Mapped[str | None] = mapped_column(String(64))
+    license: Mapped[str | None] = mapped_column(String(64))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    input_types: Mapped[str] = mapped_column(String(255), default="")  # " image text " (spaces around each)
+    output_types: Mapped[str] = mapped_column(String(255), default="")
+    search_text: Mapped[str] = mapped_column(Text, default="")  # lower case: name, description, tags, model card
+    run_count: Mapped[int] = mapped_column(default=0, index=True)
 
     @property
     def is_public(self) -> bool:
@@ -189,6 +212,7 @@ class Manifest(Base):
     annotations: Mapped[dict[str, Any]] = mapped_column(default=dict)
     spec: Mapped[dict[str, Any] | None]
     readme: Mapped[str | None] = mapped_column(Text)
+    thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary)  # a small PNG of the first example image
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("repository_id", "digest"),)

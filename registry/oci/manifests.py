@@ -21,6 +21,7 @@ from modelhall.registry.auth.policy import Action
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import RegistryContext, get_context, get_db, get_principal
 from modelhall.registry.db.models import Manifest, Repository
+from modelhall.registry.catalog import refresh_catalog
 from modelhall.registry.indexing import BundleIndex, BundleSpecInvalid, index_manifest
 from modelhall.registry.metadata import (
     delete_manifest,
@@ -108,11 +109,13 @@ def _store_manifest(name: str, reference: str, body: bytes, request: Request, db
         "subject": subject, "annotations": document.get("annotations") or {},
         "total_size": len(body) + sum(d.get("size", 0) for d in _descriptors(document)),
         "spec": index.spec.to_json_dict() if index else None, "readme": index.readme if index else None,
+        "thumbnail": index.thumbnail if index else None,
     })
     if not is_digest(reference):
         set_tag(db, repository, reference, digest)
     if index and index.spec.description and not repository.description:
         repository.description = index.spec.description
+    refresh_catalog(db, repository)
     db.commit()
     headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
     if subject:
@@ -194,5 +197,6 @@ def delete_manifest_or_tag(name: str, reference: str, request: Request, db: Sess
             context.store.delete(manifest.digest)
     else:
         delete_tag(db, repository, reference)
+    refresh_catalog(db, repository)
     db.commit()
     return Response(status_code=202)
