@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     reaper_interval: float = 5.0
     oidc_providers: list[OIDCProvider] = Field(default_factory=list)  # env: a JSON list
     session_max_age: int = 14 * 24 * 3600
+    gallery_url: str | None = None  # where the Streamlit gallery runs: logins may return there
     log_level: str = Field(default="warning", pattern="^(debug|info|warning|error)$")  # info: access log too
 
     @classmethod

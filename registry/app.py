@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = context
     app.state.deployments = deployments
     app.state.oauth = oidc.make_oauth(settings)
-    app.add_middleware(SameOriginForSessions, session_cookie=SESSION_COOKIE, own_origins={settings.url})
+    app.add_middleware(SameOriginForSessions, session_cookie=SESSION_COOKIE, own_origins={settings.url, *([settings.gallery_url] if settings.gallery_url else [])})
     app.add_middleware(SessionMiddleware, secret_key=settings.signing_key, session_cookie=SESSION_COOKIE,
                        max_age=settings.session_max_age, same_site="lax",
                        https_only=settings.url.startswith("https://"))  # signed, HttpOnly

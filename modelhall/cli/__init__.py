@@ -2,7 +2,7 @@
 
 import typer
 
-from modelhall.cli import accounts, bundles, models, runs, server, sharing
+from modelhall.cli import accounts, bundles, gallery, models, runs, server, sharing
 
 app = typer.Typer(help="Share trained models as live, reproducible demos.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -14,6 +14,7 @@ app.command()(bundles.pull)
 app.command()(bundles.inspect)
 app.command()(accounts.login)
 app.command()(server.up)
+app.command()(gallery.gallery)
 app.command()(models.serve)
 app.command()(models.predict)
 app.command()(runs.runs)

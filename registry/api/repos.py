@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from modelhall.registry.auth.policy import Action, Outcome, decide, visible_clause
+from modelhall.registry.auth.policy import Action, Outcome, decide, member_clause, visible_clause
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.api.schemas import (
     MAX_OFFSET,
@@ -89,13 +89,14 @@ def list_repositories(response: Response, q: str | None = Query(default=None, ma
                       license: str | None = None, input_type: str | None = None,  # noqa: A002 - the API's word
                       output_type: str | None = None,
                       sort: Literal["recent", "runs", "name"] = "recent",
+                      mine: bool = Query(default=False, description="only those the caller owns or is a member of"),
                       limit: int = Query(default=50, ge=1, le=200), offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
                       db: Session = Depends(get_db),
                       principal: Principal = Depends(get_principal)) -> list[RepositoryCard]:
     """Repositories the caller may see. ``q`` searches name, description, tags and model card; the
     filters match exactly (``input_type=image&output_type=label`` for "image → label").
     ``X-Total-Count`` says how many match in all."""
-    query = select(Repository).where(visible_clause(principal))
+    query = select(Repository).where(member_clause(principal) if mine else visible_clause(principal))
     for column, value in ((Repository.namespace, namespace), (Repository.task, task),
                           (Repository.framework, framework), (Repository.license, license)):
         if value:

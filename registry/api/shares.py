@@ -118,8 +118,9 @@ def _link_version_digest(db: Session, link: ShareLink, repository: Repository) -
 
 
 @router.get("/s/{token}", include_in_schema=False)
-def open_share(token: str, request: Request, db: Session = Depends(get_db)) -> Response:
-    """A share link opened in a browser: remember it in the session and go to its demo."""
+def open_share(token: str, request: Request, to: str | None = None, db: Session = Depends(get_db)) -> Response:
+    """A share link opened in a browser: remember it in the session and go to the model's page in
+    the gallery (if one runs) or to its demo (``?to=demo``, or no gallery)."""
     try:
         link = find_share_link(db, token)
     except ShareLinkError as error:
@@ -127,6 +128,9 @@ def open_share(token: str, request: Request, db: Session = Depends(get_db)) -> R
     repository = db.get(Repository, link.repository_id)
     assert repository is not None
     request.session["share"] = token
+    gallery = request.app.state.context.settings.gallery_url
+    if gallery and to != "demo":
+        return RedirectResponse(f"{gallery.rstrip('/')}/?share={token}", status_code=303)
     return RedirectResponse(f"/live/{repository.id}@{_link_version_digest(db, link, repository)}/", status_code=303)
 
 

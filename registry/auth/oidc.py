@@ -14,6 +14,7 @@ provider's group claim at every login (see :func:`sync_memberships`).
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -21,7 +22,7 @@ from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.starlette_client import OAuth
 from fastapi import APIRouter, HTTPException, Request
 from joserfc.errors import JoseError  # Authlib verifies ID tokens with joserfc
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -54,9 +55,14 @@ def _provider(request: Request, name: str) -> OIDCProvider:
     raise HTTPException(404, f"no login provider {name!r}")
 
 
-def _safe_next(target: str | None) -> str:
-    """Only a path on this site: a login must not become an open redirect."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+def _safe_next(request: Request, target: str | None) -> str:
+    """A path on this site, or a page of the gallery: a login must not become an open redirect."""
+    if not target or "\\" in target:
+        return "/"
+    if target.startswith("/") and not target.startswith("//"):
+        return target
+    gallery = get_context(request).settings.gallery_url
+    if gallery and (target == gallery or target.startswith(gallery.rstrip("/") + "/")):
         return target
     return "/"
 
@@ -69,7 +75,7 @@ def providers(request: Request) -> list[dict[str, str]]:
 @router.get("/login/{name}")
 async def login(name: str, request: Request, next: str | None = None) -> Response:  # noqa: A002 - the usual name
     _provider(request, name)
-    request.session["next"] = _safe_next(next)
+    request.session["next"] = _safe_next(request, next)
     client = request.app.state.oauth.create_client(name)
     return await client.authorize_redirect(request, str(request.url_for("oidc_callback", name=name)))
 
@@ -99,7 +105,7 @@ async def callback(name: str, request: Request) -> Response:
     target = request.session.pop("next", "/")
     request.session.clear()  # nothing from before the login survives it (session fixation)
     request.session["user_id"] = user_id
-    return RedirectResponse(_safe_next(target), status_code=303)
+    return RedirectResponse(_safe_next(request, target), status_code=303)
 
 
 @router.get("/session")
@@ -110,9 +116,26 @@ def session(request: Request) -> dict[str, Any]:
         return {"user": user.name if user else None}
 
 
+LOGOUT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Log out · Modelhall</title>
+<style>body{{font-family:sans-serif;margin:4rem}}button{{font-size:1.1rem;padding:.5rem 1.2rem}}</style></head>
+<body><h1>Log out of Modelhall?</h1><form method="post" action="/auth/logout">
+<input type="hidden" name="next" value="{next}"><button type="submit">Log out</button></form></body></html>"""
+
+
+@router.get("/logout", response_class=HTMLResponse)
+def logout_page(request: Request, next: str | None = None) -> HTMLResponse:  # noqa: A002 - the usual name
+    """A button that logs out: the POST it sends comes from this site, so it passes the origin check."""
+    return HTMLResponse(LOGOUT_PAGE.format(next=html.escape(_safe_next(request, next), quote=True)))
+
+
 @router.post("/logout")
-def logout(request: Request) -> JSONResponse:
+async def logout(request: Request) -> Response:
+    """Forget the session; with a ``next`` form field, go there after."""
     request.session.clear()
+    form = await request.form() if "form" in request.headers.get("content-type", "") else {}
+    target = form.get("next") if isinstance(form.get("next"), str) else None
+    if target:
+        return RedirectResponse(_safe_next(request, target), status_code=303)  # type: ignore[arg-type]
     return JSONResponse({"user": None})
 
 

@@ -132,24 +132,27 @@ def decide(db: Session, principal: Principal, name: str, action: Action,
     return Outcome.NOT_FOUND, None
 
 
+def member_clause(principal: Principal) -> ColumnElement[bool]:
+    """The repositories ``principal`` has a role on (its own, its organisations', collaborations)."""
+    user = principal.user
+    if user is None or "read" not in principal.scopes:
+        return false()
+    if user.is_admin:
+        return true()
+    organisations = select(Organization.name).join(Membership).where(Membership.user_id == user.id)
+    collaborations = select(Collaborator.repository_id).where(Collaborator.user_id == user.id)
+    return or_(Repository.namespace == user.name, Repository.namespace.in_(organisations),
+               Repository.id.in_(collaborations))
+
+
 def visible_clause(principal: Principal) -> ColumnElement[bool]:
     """The repositories ``principal`` may see (:data:`Action.VIEW`), as a filter for a query.
 
     The same rules as :func:`permitted_actions`, for listings and search that must not load
     every repository to test each.
     """
-    user = principal.user
     audience = Repository.visibility == "public"
-    if user is not None:
+    if principal.user is not None:
         audience = or_(audience, Repository.visibility == "internal")
-    if user is None or "read" not in principal.scopes:
-        by_role: ColumnElement[bool] = false()
-    elif user.is_admin:
-        by_role = true()
-    else:
-        organisations = select(Organization.name).join(Membership).where(Membership.user_id == user.id)
-        collaborations = select(Collaborator.repository_id).where(Collaborator.user_id == user.id)
-        by_role = or_(Repository.namespace == user.name, Repository.namespace.in_(organisations),
-                      Repository.id.in_(collaborations))
     shared = Repository.id == principal.share.repository_id if principal.share else false()
-    return or_(audience, by_role, shared)
+    return or_(audience, member_clause(principal), shared)

@@ -1,0 +1,37 @@
+"""``modelhall gallery``: the Streamlit gallery, as its own process beside the registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelhall.settings import load_settings
+
+def gallery_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    from modelhall.showcase import gallery
+
+    app = Path(gallery.__file__).resolve().parent / "app.py"
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", host,
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+
+
+def start_gallery(port: int, registry_url: str, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+    """The gallery as a child process; it reads the registry at ``registry_url``."""
+    env = {**os.environ, "MODELHALL_URL": registry_url, "MODELHALL_GALLERY_URL": f"http://{host}:{port}"}
+    return subprocess.Popen(gallery_command(port, host), env=env, stdin=subprocess.DEVNULL)
+
+
+def gallery(port: Annotated[int, typer.Option(help="port to listen on")] = 8501,
+            host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1") -> None:
+    """Run the gallery against the registry at MODELHALL_URL."""
+    process = start_gallery(port, load_settings().url, host)
+    try:
+        raise typer.Exit(process.wait())
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait()

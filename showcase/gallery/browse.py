@@ -1,0 +1,95 @@
+"""The browse page: the models the viewer may see, as cards, with search, filters and pages."""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from typing import Any
+
+import streamlit as st
+
+from modelhall.showcase.gallery.api import GalleryAPI
+
+PAGE_SIZE = 24
+COLUMNS = 3
+# A tile per task family for models without an example image: plain shapes, no emoji font needed.
+TILE_COLOURS = {"image": "#5b8def", "text": "#e8833a", "audio": "#3aa876", "video": "#b35bd6"}
+TILE = """<div style="height:150px;border-radius:8px;background:{colour};display:flex;align-items:center;
+justify-content:center;color:white;font:600 1.1rem sans-serif;text-align:center;padding:0 1rem">{label}</div>"""
+SORTS = {"recent": "Recently updated", "runs": "Most run", "name": "Name"}
+
+
+def filters(api: GalleryAPI) -> dict[str, Any]:
+    """The sidebar's search box and filters; their values are the listing's query parameters."""
+    facets = api.facets()
+    sidebar = st.sidebar
+    chosen: dict[str, Any] = {"q": sidebar.text_input("Search", placeholder="name, description, tags, model card",
+                                                      key="q")}
+    for label, key, facet in (("Task", "task", "task"), ("Framework", "framework", "framework"),
+                              ("License", "license", "license"), ("Owner", "namespace", "namespace"),
+                              ("Input type", "input_type", "input_types"), ("Output type", "output_type", "output_types")):
+        options = facets.get(facet, [])
+        if options:
+            chosen[key] = sidebar.selectbox(label, ["any", *options], key=f"filter-{key}")
+            if chosen[key] == "any":
+                chosen[key] = None
+    chosen["sort"] = sidebar.radio("Sort by", list(SORTS), format_func=SORTS.__getitem__, key="sort")
+    return chosen
+
+
+def task_tile(task: str | None) -> str:
+    family = next((name for name in TILE_COLOURS if task and task.startswith(name)), None)
+    label = html.escape((task or "model").replace("-", " "))
+    return TILE.format(colour=TILE_COLOURS.get(family or "", "#7a7f8c"), label=label)
+
+
+def _age(moment: str) -> str:
+    seconds = (datetime.now().astimezone() - datetime.fromisoformat(moment)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "just now"
+
+
+def card(api: GalleryAPI, model: dict[str, Any]) -> None:
+    with st.container(border=True):
+        if model["thumbnail"]:
+            st.image(api.browser_url + model["thumbnail"], width="stretch")
+        else:
+            st.markdown(task_tile(model["task"]), unsafe_allow_html=True)
+        st.markdown(f"**[{model['name']}](?model={model['name']})**")
+        facts = [model["task"] or "no task", model["framework"], f"{model['run_count']} runs",
+                 f"updated {_age(model['updated_at'])}"]
+        st.caption(" · ".join(fact for fact in facts if fact))
+        if model["input_types"] and model["output_types"]:
+            st.caption(f"{', '.join(model['input_types'])} → {', '.join(model['output_types'])}")
+        if model["visibility"] != "public":
+            st.caption(f"🔒 {model['visibility']}")
+
+
+def render(api: GalleryAPI, mine: bool = False) -> None:
+    chosen = filters(api)
+    if st.session_state.get("filters") != chosen:  # other filters: back to the first page
+        st.session_state["filters"], st.session_state["page"] = chosen, 0
+    page_number = int(st.session_state.get("page", 0))
+    found = api.models(**chosen, mine=mine or None, limit=PAGE_SIZE, offset=page_number * PAGE_SIZE)
+    st.title("My models" if mine else "Models")
+    if not found.items:
+        if any(value for key, value in chosen.items() if key != "sort"):
+            st.info("No model matches these filters. Try fewer words or another filter.")
+        else:
+            st.info("No models here yet. Push one with `modelhall push`, or log in to see yours.")
+        return
+    first, last = page_number * PAGE_SIZE + 1, page_number * PAGE_SIZE + len(found.items)
+    st.caption(f"{first}–{last} of {found.total} models")
+    for start in range(0, len(found.items), COLUMNS):
+        for column, model in zip(st.columns(COLUMNS), found.items[start:start + COLUMNS], strict=False):
+            with column:
+                card(api, model)
+    previous, _, following = st.columns([1, 4, 1])
+    if page_number > 0 and previous.button("← Previous"):
+        st.session_state["page"] = page_number - 1
+        st.rerun()
+    if last < found.total and following.button("Next →"):
+        st.session_state["page"] = page_number + 1
+        st.rerun()
