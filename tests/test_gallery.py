@@ -1,0 +1,217 @@
+"""The Streamlit gallery against a live registry: page logic with Streamlit's AppTest, and the
+real thing in headless Chromium (screenshots in test-artifacts/)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+from streamlit.testing.v1 import AppTest
+
+from conftest import RegistryServer, free_port, serve_registry, unique
+from modelhall.bundle import pack_bundle
+from modelhall.cli.gallery import gallery_command
+from modelhall.showcase import gallery
+from modelhall.templates import template_path
+from oci_helpers import http, push_packed
+from test_browser import OUTPUT_TIMEOUT_MS, browser, run  # noqa: F401 - browser is a fixture
+
+APP = Path(gallery.__file__).resolve().parent / "app.py"
+APP_TIMEOUT_SECONDS = 60
+PAGE_TIMEOUT_MS = 60_000
+
+
+@dataclass
+class Seeded:
+    registry: RegistryServer
+    gallery_url: str
+    owner: str
+    token: str
+    public: list[str]
+    private: str
+
+
+@pytest.fixture(scope="module")
+def seeded(database_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    data = tmp_path_factory.mktemp("gallery")
+    gallery_port = free_port()
+    gallery_url = f"http://127.0.0.1:{gallery_port}"
+    for registry in serve_registry(database_kind, data / "registry", {"MODELHALL_GALLERY_URL": gallery_url}):
+        owner, token = registry.user("admin", name=unique("author"))
+        client = http(registry.url, token)
+        public = []
+        for template in ("hello", "image-classification"):
+            name = f"{owner}/{template}"
+            with pack_bundle(template_path(template)) as packed:
+                push_packed(client, name, "latest", packed)
+            client.patch(f"/api/v1/repos/{name}", json={"visibility": "public"}).raise_for_status()
+            public.append(name)
+        private = f"{owner}/{unique('secret-project')}"
+        with pack_bundle(template_path("hello")) as packed:
+            push_packed(client, private, "latest", packed)
+        with (data / "gallery.log").open("ab") as log:
+            process = subprocess.Popen(gallery_command(gallery_port), stdout=log, stderr=subprocess.STDOUT,
+                                       env={**registry.env, "MODELHALL_GALLERY_URL": gallery_url})
+        try:
+            _wait_for(f"{gallery_url}/_stcore/health")
+            yield Seeded(registry, gallery_url, owner, token, public, private)
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+
+
+def _wait_for(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {seconds} s")
+
+
+def app(seeded: Seeded, monkeypatch: pytest.MonkeyPatch, **query: str) -> AppTest:
+    monkeypatch.setenv("MODELHALL_URL", seeded.registry.url)
+    monkeypatch.setenv("MODELHALL_GALLERY_URL", seeded.gallery_url)
+    test = AppTest.from_file(str(APP), default_timeout=APP_TIMEOUT_SECONDS)
+    for key, value in query.items():
+        test.query_params[key] = value
+    return test
+
+
+def shown(test: AppTest) -> str:
+    return "\n".join(element.value for element in [*test.markdown, *test.caption, *test.title] if element.value)
+
+
+# --- page logic (AppTest) ---------------------------------------------------------------
+
+
+def test_browse_lists_public_models_only(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = app(seeded, monkeypatch).run()
+    assert not test.exception
+    text = shown(test)
+    assert all(name in text for name in seeded.public) and seeded.private not in text
+
+
+def test_search_narrows_the_cards(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = app(seeded, monkeypatch).run()
+    test.sidebar.text_input(key="q").set_value("handwritten digit").run()
+    text = shown(test)
+    assert f"{seeded.owner}/image-classification" in text and f"{seeded.owner}/hello" not in text
+    test.sidebar.text_input(key="q").set_value("no such words anywhere").run()
+    assert [info.value for info in test.info] == ["No model matches these filters. Try fewer words or another filter."]
+
+
+def test_a_filter_by_output_type(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = app(seeded, monkeypatch).run()
+    test.sidebar.selectbox(key="filter-output_type").set_value("label").run()
+    text = shown(test)
+    assert f"{seeded.owner}/image-classification" in text and f"{seeded.owner}/hello" not in text
+
+
+def test_the_owner_sees_private_models_and_the_author_tools(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = app(seeded, monkeypatch, mine="1")
+    test.session_state["token"] = seeded.token
+    test.run()
+    assert seeded.private in shown(test) and f"Logged in as **{seeded.owner}**" in shown(test)
+    page = app(seeded, monkeypatch, model=seeded.private)
+    page.session_state["token"] = seeded.token
+    page.run()
+    assert not page.exception
+    assert [header.value for header in page.subheader] == ["Who can see it", "Share links", "Versions"]
+    signature = page.dataframe[0].value
+    assert list(signature["name"]) == ["name", "style", "greeting"]
+
+
+def test_a_model_page_for_the_public(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = app(seeded, monkeypatch, model=f"{seeded.owner}/image-classification").run()
+    assert not test.exception
+    code = "\n".join(block.value for block in test.code)
+    assert f"{seeded.registry.url}/api/v1/repos/{seeded.owner}/image-classification/predict" in code
+    assert "Client(" in code and "api_name='/predict'" in code
+    assert any("run history is for the model's members" in info.value for info in test.info)
+    assert any("Only the model's maintainers" in info.value for info in test.info)
+
+
+def test_what_may_not_be_seen_reads_as_not_there(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = app(seeded, monkeypatch, model=seeded.private).run()
+    assert not test.exception and seeded.private in test.warning[0].value  # the name asked for, nothing more
+    assert "or you may not see it" in test.warning[0].value
+
+
+def test_an_unreachable_registry_is_a_message_not_a_traceback(seeded: Seeded,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    test = app(seeded, monkeypatch)
+    monkeypatch.setenv("MODELHALL_URL", f"http://127.0.0.1:{free_port()}")
+    test.run()
+    assert not test.exception
+    assert test.error[0].value.startswith("The registry cannot be reached right now.")
+
+
+# --- in the browser ----------------------------------------------------------------------
+
+
+def open_gallery(page: Page, url: str) -> None:
+    page.goto(url)
+    expect(page.get_by_text(re.compile(r"\d+–\d+ of \d+ models"))).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+
+
+def test_browse_in_the_browser_as_anonymous(browser: Browser, seeded: Seeded, artifacts_dir: Path) -> None:  # noqa: F811
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    open_gallery(page, seeded.gallery_url)
+    for name in seeded.public:
+        expect(page.get_by_role("link", name=name)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    expect(page.locator("img[src$='/thumbnail']")).to_have_count(1, timeout=PAGE_TIMEOUT_MS)  # the digit example
+    page.screenshot(path=str(artifacts_dir / "gallery-browse-anonymous.png"), full_page=True)
+    assert seeded.private not in page.content()
+    page.get_by_label("Search").fill("handwritten")
+    page.get_by_label("Search").press("Enter")
+    expect(page.get_by_role("link", name=f"{seeded.owner}/hello")).to_have_count(0, timeout=PAGE_TIMEOUT_MS)
+    expect(page.get_by_role("link", name=f"{seeded.owner}/image-classification")).to_be_visible()
+    page.close()
+
+
+def test_the_owner_logs_in_with_a_token_and_sees_everything(browser: Browser, seeded: Seeded,  # noqa: F811
+                                                            artifacts_dir: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    open_gallery(page, seeded.gallery_url)
+    page.get_by_text("Log in with an access token").click()
+    page.get_by_label("Access token").fill(seeded.token)
+    page.get_by_role("button", name="Use token").click()
+    expect(page.get_by_text(f"Logged in as {seeded.owner}")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    expect(page.get_by_role("link", name=seeded.private)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    page.screenshot(path=str(artifacts_dir / "gallery-browse-owner.png"), full_page=True)
+    page.close()
+
+
+def test_an_anonymous_share_link_opens_the_model_and_its_demo(browser: Browser, seeded: Seeded,  # noqa: F811
+                                                              artifacts_dir: Path) -> None:
+    owner = http(seeded.registry.url, seeded.token)
+    link = owner.post(f"/api/v1/repos/{seeded.private}/shares", json={"anonymous": True}).json()["url"]
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.goto(link)  # the registry remembers the link, then sends the browser to the gallery
+    expect(page.get_by_text("shared anonymously for review")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    demo = page.frame_locator("iframe").first
+    demo.get_by_label("Your name").fill("Reviewer 3")
+    demo.get_by_role("button", name="Run").click()
+    expect(demo.get_by_label("Greeting")).to_have_value("Hello, Reviewer 3.", timeout=OUTPUT_TIMEOUT_MS)
+    page.screenshot(path=str(artifacts_dir / "gallery-share-link-anonymous.png"), full_page=True)
+    html = page.content() + "".join(frame.content() for frame in page.frames)
+    assert seeded.owner not in html and seeded.private not in html
+    context.close()
+
+
+def test_the_gallery_needs_no_database(seeded: Seeded) -> None:
+    """It reads the registry's REST API only: nothing in its code opens the database."""
+    sources = "\n".join(path.read_text() for path in APP.parent.glob("*.py"))
+    assert "sqlalchemy" not in sources and "modelhall.registry" not in sources
