@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8600
 
-.PHONY: install demo test bench bench-registry bench-serve bench-runtime clean
+.PHONY: install demo test bench bench-registry bench-serve bench-runtime bench-gallery clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
-bench: bench-registry bench-serve bench-runtime
+bench: bench-registry bench-serve bench-runtime bench-gallery
 
 bench-registry: $(INSTALLED)
 	@command -v docker-registry >/dev/null || (echo "bench-registry compares against Debian's docker-registry: apt-get install docker-registry" && exit 1)
@@ -38,6 +38,9 @@ bench-serve: $(INSTALLED)
 
 bench-runtime: $(INSTALLED)
 	$(BIN)/python bench/runtime_latency.py
+
+bench-gallery: $(INSTALLED)
+	$(BIN)/python bench/gallery_latency.py
 
 clean:
 	rm -rf $(VENV) .modelhall .bench *.egg-info

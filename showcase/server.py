@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelhall.adapters.models import ModelError
@@ -55,8 +55,15 @@ def build_demo_app(runner: ModelRunner, root_path: str | None) -> FastAPI:
                                root_path=root_path)
 
 
+DEMO_STARTING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="1">
+<title>Starting…</title><style>body{font-family:sans-serif;margin:4rem;color:#333}</style></head>
+<body><h1>Starting the demo…</h1><p>The model is ready; its page is being built. This page reloads by itself.</p>
+</body></html>"""
+
+
 class LateDemo:
-    """Stands at ``/`` for the demo until it is built; requests meanwhile wait for it."""
+    """Stands at ``/`` for the demo until it is built. Meanwhile a browser asking for a page gets one
+    that reloads itself; other requests (Gradio's client, assets) wait for the demo."""
 
     def __init__(self) -> None:
         self.app: ASGIApp | None = None
@@ -64,6 +71,10 @@ class LateDemo:
         self.settled = asyncio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.settled.is_set() and _wants_page(scope):
+            await HTMLResponse(DEMO_STARTING_PAGE, status_code=503,
+                               headers={"Retry-After": "1"})(scope, receive, send)
+            return
         if not self.settled.is_set():
             try:
                 await asyncio.wait_for(self.settled.wait(), DEMO_WAIT_SECONDS)
@@ -91,6 +102,10 @@ class LateDemo:
             self.app = demo
             self.settled.set()
             await stopping.wait()
+
+
+def _wants_page(scope: Scope) -> bool:
+    return scope["type"] == "http" and scope["method"] == "GET" and "text/html" in Headers(scope=scope).get("accept", "")
 
 
 def create_server(runner: ModelRunner, root_path: str | None = None) -> FastAPI:

@@ -118,10 +118,11 @@ def list_repositories(response: Response, q: str | None = Query(default=None, ma
 
 @router.get("/repos/facets")
 def facets(db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> dict[str, list[str]]:
-    """The values the listing's filters can take, among the repositories the caller may see."""
+    """The values the listing's filters can take, among the repositories the caller may see.
+    (Owners are many: the gallery asks for one by name instead.)"""
     visible = select(Repository).where(visible_clause(principal)).subquery()
     values = {name: sorted(v for v in db.scalars(select(getattr(visible.c, name)).distinct()) if v)
-              for name in ("task", "framework", "license", "namespace")}
+              for name in ("task", "framework", "license")}
     for name in ("input_types", "output_types"):
         values[name] = sorted({t for joined in db.scalars(select(getattr(visible.c, name)).distinct())
                                for t in joined.split()})

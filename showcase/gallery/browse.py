@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import time
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ import streamlit as st
 from modelhall.showcase.gallery.api import GalleryAPI
 
 PAGE_SIZE = 24
+FACETS_TTL_SECONDS = 60
 COLUMNS = 3
 # A tile per task family for models without an example image: plain shapes, no emoji font needed.
 TILE_COLOURS = {"image": "#5b8def", "text": "#e8833a", "audio": "#3aa876", "video": "#b35bd6"}
@@ -21,13 +23,15 @@ SORTS = {"recent": "Recently updated", "runs": "Most run", "name": "Name"}
 
 def filters(api: GalleryAPI) -> dict[str, Any]:
     """The sidebar's search box and filters; their values are the listing's query parameters."""
-    facets = api.facets()
+    facets = cached_facets(api)
     sidebar = st.sidebar
     chosen: dict[str, Any] = {"q": sidebar.text_input("Search", placeholder="name, description, tags, model card",
-                                                      key="q")}
+                                                      key="q"),
+                              "namespace": sidebar.text_input("Owner", placeholder="a user or organisation",
+                                                              key="owner").strip().lower()}
     for label, key, facet in (("Task", "task", "task"), ("Framework", "framework", "framework"),
-                              ("License", "license", "license"), ("Owner", "namespace", "namespace"),
-                              ("Input type", "input_type", "input_types"), ("Output type", "output_type", "output_types")):
+                              ("License", "license", "license"), ("Input type", "input_type", "input_types"),
+                              ("Output type", "output_type", "output_types")):
         options = facets.get(facet, [])
         if options:
             chosen[key] = sidebar.selectbox(label, ["any", *options], key=f"filter-{key}")
@@ -41,6 +45,16 @@ def task_tile(task: str | None) -> str:
     family = next((name for name in TILE_COLOURS if task and task.startswith(name)), None)
     label = html.escape((task or "model").replace("-", " "))
     return TILE.format(colour=TILE_COLOURS.get(family or "", "#7a7f8c"), label=label)
+
+
+def cached_facets(api: GalleryAPI) -> dict[str, list[str]]:
+    """The filter values change only with pushes: asked for once a minute per browser session (so per
+    viewer), not on every rerun that a click causes."""
+    viewer, asked_at, facets = st.session_state.get("facets", (None, 0.0, None))
+    if facets is None or viewer != api.viewer or time.monotonic() - asked_at > FACETS_TTL_SECONDS:
+        facets = api.facets()
+        st.session_state["facets"] = (api.viewer, time.monotonic(), facets)
+    return facets
 
 
 def _age(moment: str) -> str:
