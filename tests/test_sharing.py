@@ -146,3 +146,19 @@ def test_share_and_visibility_from_the_terminal(sharing_registry: RegistryServer
     bad = cli(sharing_registry, "share", "create", f"{user}/cli-shared", "--expires", "soon", token=token,
               check=False)
     assert bad.returncode != 0 and "not a duration like 12h, 30d, 2w or never" in bad.stderr
+
+
+def test_a_collaborator_sees_one_private_repository(sharing_registry: RegistryServer, tmp_path: Path) -> None:
+    user, token, _ = push(sharing_registry, quick_hello(tmp_path, idle_timeout=300), "together", public=False)
+    guest, guest_token = sharing_registry.user()
+    owner, guest_client = http(sharing_registry.url, token), http(sharing_registry.url, guest_token)
+    assert guest_client.get(f"/api/v1/repos/{user}/together").status_code == 404
+    assert owner.put(f"/api/v1/repos/{user}/together/collaborators/{guest}",
+                     json={"role": "reader"}).status_code == 204
+    assert guest_client.get(f"/api/v1/repos/{user}/together").status_code == 200
+    assert guest_client.get(f"/v2/{user}/together/manifests/latest").status_code == 200  # a reader may pull
+    assert guest_client.patch(f"/api/v1/repos/{user}/together", json={"description": "x"}).status_code == 403
+    assert [r["name"] for r in guest_client.get("/api/v1/repos", params={"mine": "true"}).json()] == [
+        f"{user}/together"]
+    assert owner.delete(f"/api/v1/repos/{user}/together/collaborators/{guest}").status_code == 204
+    assert guest_client.get(f"/api/v1/repos/{user}/together").status_code == 404

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from modelhall.registry.auth.policy import Action, Outcome, decide, member_clause, visible_clause
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.api.schemas import (
     MAX_OFFSET,
+    CollaboratorIn,
     Identity,
     RepositoryCard,
     RepositoryOut,
@@ -21,7 +22,7 @@ from modelhall.registry.api.schemas import (
 )
 from modelhall.registry.catalog import LATEST_TAG, refresh_catalog
 from modelhall.registry.context import get_db, get_principal
-from modelhall.registry.db.models import Manifest, Repository, Tag
+from modelhall.registry.db.models import Collaborator, Manifest, Repository, Tag, User
 from modelhall.registry.metadata import versions_of
 from modelhall.registry.oci.access import NOT_FOUND_DETAIL
 
@@ -177,3 +178,28 @@ def update_repository(name: str, update: RepositoryUpdate, db: Session = Depends
         refresh_catalog(db, repository)
     db.commit()
     return repository_out(db, repository)
+
+
+@router.put("/repos/{name:path}/collaborators/{user}", status_code=204)
+def add_collaborator(name: str, user: str, body: CollaboratorIn, db: Session = Depends(get_db),
+                     principal: Principal = Depends(get_principal)) -> Response:
+    """Give a user a role on this repository alone (``reader`` or ``maintainer``); needs maintainer rights."""
+    repository = visible_repository(db, principal, name, Action.MANAGE)
+    member = db.scalar(select(User).where(User.name == user))
+    if member is None:
+        raise HTTPException(404, f"no user {user}")
+    db.merge(Collaborator(repository_id=repository.id, user_id=member.id, role=body.role))
+    db.commit()
+    return Response(status_code=204)
+
+
+@router.delete("/repos/{name:path}/collaborators/{user}", status_code=204)
+def remove_collaborator(name: str, user: str, db: Session = Depends(get_db),
+                        principal: Principal = Depends(get_principal)) -> Response:
+    repository = visible_repository(db, principal, name, Action.MANAGE)
+    member = db.scalar(select(User).where(User.name == user))
+    if member is not None:
+        db.execute(delete(Collaborator).where(Collaborator.repository_id == repository.id,
+                                              Collaborator.user_id == member.id))
+        db.commit()
+    return Response(status_code=204)

@@ -63,3 +63,7 @@ class RepositoryUpdate(BaseModel):
     visibility: Visibility | None = None
     weights: Weights | None = None
     description: str | None = Field(default=None, max_length=2000)
+
+
+class CollaboratorIn(BaseModel):
+    role: Literal["reader", "maintainer"] = "reader"
