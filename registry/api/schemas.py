@@ -27,8 +27,8 @@ class Version(VersionSummary):
     annotations: dict[str, Any]
 
 
-# Database ids and offsets are 64-bit: a larger number in a request is a 422, not an overflow in the database.
-MAX_ID = 2**63 - 1
+# Database ids are 32-bit integers: a larger number in a request is a 422, not an overflow in the database.
+MAX_ID = 2**31 - 1
 MAX_OFFSET = 10**9
 Visibility = Literal["public", "internal", "private"]
 Weights = Literal["downloadable", "hidden"]
