@@ -27,7 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from modelhall.registry.api.repos import LATEST_TAG, versions_of, visible_repository
-from modelhall.registry.auth.policy import Action, Outcome, decide, permitted_actions
+from modelhall.registry.auth.policy import Action, permitted_actions
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.auth.sharing import ShareLinkError, count_run
 from modelhall.registry.context import get_db, get_principal
@@ -85,10 +85,10 @@ def resolve_version(db: Session, principal: Principal, name: str, reference: str
         raise LookupError(f"{name} has no version {reference or ''}".strip())
     if manifest.spec is None:
         raise LookupError(f"{name}@{manifest.digest} is not a Modelhall bundle, so it cannot run")
-    outcome, _ = decide(db, principal, name, action, digest=manifest.digest)
-    if outcome is Outcome.DENIED:
+    permitted = permitted_actions(db, principal, name, repository, digest=manifest.digest)
+    if action not in permitted and Action.VIEW in permitted:
         raise HTTPException(403, f"you may not {action.value} {name}")
-    if outcome is not Outcome.ALLOW:  # a link pinned to another version
+    if action not in permitted:  # a link pinned to another version
         raise LookupError(f"{name} has no version {reference or ''}".strip())
     return Version(repository=repository, digest=manifest.digest, spec=manifest.spec)
 
