@@ -6,7 +6,8 @@ each over ``BENCH_CALLS`` calls: p50 and p95 of the listing calls the browse pag
 (first page, a search, a filter, sorted by runs, the facets), beside ``GET /api/v1/whoami``
 as the baseline in the same process; and, over ``BENCH_PAGES`` loads in headless
 Chromium, the time until the browse page shows its first cards, beside loading a small
-static page of the registry's (the logout page) as the baseline. Targets: API p95 ≤ 50 ms, first cards ≤ 1.5 s.
+static page of the registry's (the logout page) as the baseline, and an empty Streamlit
+app (the floor any Streamlit page has on this machine). Targets: API p95 ≤ 50 ms, first cards ≤ 1.5 s.
 Run with ``make bench-gallery``.
 """
 
@@ -102,23 +103,28 @@ def api_rows(url: str) -> list[tuple[str, float, float]]:
     return [(label, *p50_p95(timed(call, CALLS))) for label, call in calls.items()]
 
 
-def page_times(gallery_url: str, registry_url: str) -> tuple[list[float], list[float]]:
-    """Seconds until the first card's link is visible, and until a static registry page is loaded (baseline)."""
-    cards, static = [], []
+EMPTY_APP = "import streamlit as st\n\nst.markdown('[first link](?x=1)')\n"
+
+
+def page_times(gallery_url: str, registry_url: str, empty_url: str) -> dict[str, list[float]]:
+    """Seconds until the first card's link is visible; until a static registry page is loaded (the
+    baseline); and until an empty Streamlit app shows a link (what any Streamlit page costs here)."""
+    times: dict[str, list[float]] = {"static": [], "empty": [], "cards": []}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-        for _ in range(PAGES + 1):  # the first load warms the gallery's caches and is dropped
+        for _ in range(PAGES + 1):  # the first load warms caches and is dropped
             page = browser.new_page()
-            start = time.perf_counter()
-            page.goto(gallery_url)
-            page.get_by_role("link", name="lab0/model-0").wait_for(timeout=60_000)
-            cards.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            page.goto(f"{registry_url}/auth/logout", wait_until="load")
-            static.append(time.perf_counter() - start)
+            for key, url, wait in (("cards", gallery_url, lambda: page.get_by_role("link", name="lab0/model-0")),
+                                   ("empty", empty_url, lambda: page.get_by_role("link", name="first link")),
+                                   ("static", f"{registry_url}/auth/logout", None)):
+                start = time.perf_counter()
+                page.goto(url, wait_until="load")
+                if wait is not None:
+                    wait().wait_for(timeout=60_000)
+                times[key].append(time.perf_counter() - start)
             page.close()
         browser.close()
-    return cards[1:], static[1:]
+    return {key: samples[1:] for key, samples in times.items()}
 
 
 def main() -> None:
@@ -126,9 +132,12 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="modelhall-bench-gallery-"))
     registry = RegistryServer(data_dir=data / "registry", database=os.environ.get("BENCH_DATABASE"))
     registry.start()
-    gallery_port = free_port()
+    gallery_port, empty_port = free_port(), free_port()
     gallery = subprocess.Popen(gallery_command(gallery_port), env={**registry.env}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
+    (data / "empty_app.py").write_text(EMPTY_APP)
+    empty_command = [*gallery_command(empty_port)[:4], str(data / "empty_app.py"), *gallery_command(empty_port)[5:]]
+    empty = subprocess.Popen(empty_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         console.print(f"seeding {MODELS} models …")
         seed(registry, MODELS)
@@ -140,18 +149,21 @@ def main() -> None:
         for label, p50, p95 in rows:
             table.add_row(label, f"{p50:.1f}", f"{p95:.1f}", f"{p50 / baseline:.1f}×")
         console.print(table)
-        cards, static = page_times(f"http://127.0.0.1:{gallery_port}", registry.url)
+        times = page_times(f"http://127.0.0.1:{gallery_port}", registry.url, f"http://127.0.0.1:{empty_port}")
         pages = Table(title=f"Headless Chromium, median of {PAGES} loads")
         for column in ("page", "median s", "max s", "ratio to baseline"):
             pages.add_column(column, justify="left" if column == "page" else "right")
-        pages.add_row("a static registry page (baseline)", f"{statistics.median(static):.2f}",
-                      f"{max(static):.2f}", "1.0×")
-        pages.add_row("gallery: first cards visible", f"{statistics.median(cards):.2f}", f"{max(cards):.2f}",
-                      f"{statistics.median(cards) / statistics.median(static):.1f}×")
+        baseline = statistics.median(times["static"])
+        for key, label in (("static", "a static registry page (baseline)"),
+                           ("empty", "an empty Streamlit app: first link"),
+                           ("cards", "gallery: first cards visible")):
+            pages.add_row(label, f"{statistics.median(times[key]):.2f}", f"{max(times[key]):.2f}",
+                          f"{statistics.median(times[key]) / baseline:.1f}×")
         console.print(pages)
     finally:
-        gallery.terminate()
-        gallery.wait(timeout=15)
+        for process in (gallery, empty):
+            process.terminate()
+            process.wait(timeout=15)
         registry.stop()
         shutil.rmtree(data, ignore_errors=True)
 
