@@ -342,6 +342,11 @@ class Deployments:
         self._touched[deployment_id] = time.monotonic()
         self._update(deployment_id, last_request_at=utcnow())
 
+    def touch_if_stale(self, deployment_id: int) -> None:
+        """:meth:`touch`, at most once a TOUCH_INTERVAL: not a database write on every request."""
+        if time.monotonic() - self._touched.get(deployment_id, 0) > TOUCH_INTERVAL_SECONDS:
+            self.touch(deployment_id)
+
     @asynccontextmanager
     async def slot(self, version: Version, awake: Awake) -> AsyncIterator[WorkerHandle]:
         """A worker for one prediction; when every worker is busy and ``scaling.max`` allows, one more starts."""
@@ -353,14 +358,17 @@ class Deployments:
         async with pool.slot(self.wake_timeout) as worker:
             yield worker
 
-    def collect_runs(self, deployment_id: int | None = None) -> int:
-        """Copy new journal lines of running workers (of one deployment, or all) into the run history."""
+    def collect_runs(self, repository_id: int | None = None) -> int:
+        """Copy new journal lines of running workers (of one repository, or all) into the run history.
+
+        The reaper does this every round; reading the run history does it first for its repository.
+        """
         added = 0
         with self.context.sessions() as db:
             query = select(Worker, Deployment).join(Deployment, Deployment.id == Worker.deployment_id).where(
                 Worker.state.in_(("starting", "ready")))
-            if deployment_id is not None:
-                query = query.where(Deployment.id == deployment_id)
+            if repository_id is not None:
+                query = query.where(Deployment.repository_id == repository_id)
             rows = [(handle_of(worker), deployment.repository_id, deployment.digest)
                     for worker, deployment in db.execute(query)]
         for handle, repository_id, digest in rows:

@@ -63,7 +63,7 @@ STARTING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-e
 <body><h1>Starting {name}…</h1><p>The model was asleep and is waking up. This page reloads by itself.</p></body></html>"""
 
 
-def deployments(request: Request) -> Deployments:
+def get_deployments(request: Request) -> Deployments:
     return request.app.state.deployments
 
 
@@ -184,9 +184,9 @@ def _wants_html(request: Request) -> bool:
 
 
 async def _after_prediction(deployments: Deployments, deployment_id: int) -> None:
-    """After the answer went out: restart the idle clock, and record the run."""
-    await run_in_threadpool(deployments.touch, deployment_id)
-    await run_in_threadpool(deployments.collect_runs, deployment_id)
+    """After the answer went out: restart the idle clock. (The run reaches the history from the
+    worker's journal, collected by the reaper or by whoever reads the history first.)"""
+    await run_in_threadpool(deployments.touch_if_stale, deployment_id)
 
 
 def split_reference(name_and_reference: str) -> tuple[str, str | None]:
@@ -210,7 +210,7 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
     name = version.repository.name if link_id is None or not principal.share.anonymous else version.spec["name"]  # type: ignore[union-attr]
     wait = not _wants_html(request) and "respond-async" not in request.headers.get("prefer", "")
     try:
-        awake = await deployments(request).wake(version, wait=wait)
+        awake = await get_deployments(request).wake(version, wait=wait)
     except StillStarting as starting:
         if _wants_html(request):
             return HTMLResponse(STARTING_PAGE.format(name=name), status_code=503,
@@ -223,13 +223,13 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
         return JSONResponse({"status": "failed", "detail": str(error)}, status_code=502)
     after = None
     if run_id:  # an API prediction: restart the idle clock, and put it in the run history once answered
-        after = BackgroundTask(_after_prediction, deployments(request), awake.deployment_id)
+        after = BackgroundTask(_after_prediction, get_deployments(request), awake.deployment_id)
     headers = run_headers(caller, awake.cold, run_id)
     if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself, in one process
         primary = awake.pool.primary
         return await proxy(request, primary, path, headers) if primary else worker_gone()
     try:
-        async with deployments(request).slot(version, awake) as worker:
+        async with get_deployments(request).slot(version, awake) as worker:
             return await forward(request, worker, path, headers, after)
     except Overloaded as error:
         return JSONResponse({"status": "busy", "detail": str(error)}, status_code=429,

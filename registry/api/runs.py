@@ -25,10 +25,10 @@ from modelhall.registry.auth.policy import Action, permitted_actions
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Deployment, Repository, Run, Worker
-from modelhall.registry.deployments import handle_of
+from modelhall.registry.deployments import Deployments, handle_of
 from modelhall.registry.auth.sharing import ShareLinkError, count_run
 from modelhall.registry.catalog import count_runs
-from modelhall.registry.gateway import recorded_caller, resolve_version, split_reference
+from modelhall.registry.gateway import get_deployments, recorded_caller, resolve_version, split_reference
 from modelhall.registry.runs import new_run_id, stored_inputs
 
 router = APIRouter(prefix="/api/v1/repos", tags=["runs"])
@@ -69,10 +69,12 @@ def list_runs(owner: str, name: str, status: str | None = None, source: str | No
               share_link: int | None = Query(default=None, ge=1, le=MAX_ID,
                                              description="only the runs made through this share link"),
               limit: int = Query(default=50, ge=1, le=500), offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
-              db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
+              db: Session = Depends(get_db), principal: Principal = Depends(get_principal),
+              deployments: Deployments = Depends(get_deployments)) -> list[dict[str, Any]]:
     """Runs of a repository, newest first, filtered by status (queued, running, succeeded, failed), source
     (api, demo, async) or share link. Members see every run, a share link the runs made through it."""
     repository = visible_repository(db, principal, f"{owner}/{name}", Action.READ_RUNS)
+    deployments.collect_runs(repository.id)  # what the workers answered until now, before it is listed
     query = select(Run).where(Run.repository_id == repository.id).order_by(Run.created_at.desc())
     member = is_member(db, principal, repository)
     if not member:

@@ -34,7 +34,8 @@ from modelhall.registry.auth.principal import Principal
 from modelhall.registry.auth.sharing import ShareLinkError, create_share_link, find_share_link, link_state
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Repository, Run, ShareLink
-from modelhall.registry.gateway import resolve_version, serve_version
+from modelhall.registry.deployments import Deployments
+from modelhall.registry.gateway import get_deployments, resolve_version, serve_version
 from modelhall.registry.metadata import find_manifest, resolve_tag
 from modelhall.registry.runs import new_run_id
 
@@ -178,9 +179,11 @@ async def shared_predict(request: Request, db: Session = Depends(get_db),
 
 
 @router.get("/api/v1/shared/runs")
-def shared_runs(db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
+def shared_runs(db: Session = Depends(get_db), principal: Principal = Depends(get_principal),
+                deployments: Deployments = Depends(get_deployments)) -> list[dict[str, Any]]:
     """The runs made through this link, newest first."""
     link, repository = _shared(db, principal)
+    deployments.collect_runs(repository.id)
     runs = db.scalars(select(Run).where(Run.repository_id == repository.id, Run.caller == f"share-link:{link.id}")
                       .order_by(Run.created_at.desc()).limit(200))
     return [run_json(run, show_caller=False) for run in runs]
