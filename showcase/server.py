@@ -7,9 +7,11 @@
 - ``GET /healthz``: 200 once the model is loaded; 503 while starting or after a failed load.
 - ``GET /metrics``: Prometheus metrics.
 
-The API answers as soon as the model is loaded; Gradio (about two seconds to import) is
-imported and mounted afterwards, in the background. A demo request that arrives before
-that waits for it. So a cold start costs the model's load plus a small server, not Gradio.
+The API answers as soon as the model is loaded: it is plain Starlette (importing FastAPI
+alone takes a third of a second), and Gradio (about two seconds to import) is imported and
+mounted afterwards, in the background. A browser asking for the page before then gets one
+that reloads itself; other demo requests wait. So a cold start costs the model's load plus
+a small server, not Gradio.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, UploadFile
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelhall.adapters.models import ModelError
@@ -44,9 +48,10 @@ def read_model_card(bundle: Path) -> str | None:
     return ModelCard.load(readme).text.strip() if readme.exists() else None
 
 
-def build_demo_app(runner: ModelRunner, root_path: str | None) -> FastAPI:
-    """The Gradio demo as an app of its own (imports Gradio: slow, so called in a thread)."""
+def build_demo_app(runner: ModelRunner, root_path: str | None) -> Starlette:
+    """The Gradio demo as an app of its own (imports Gradio and FastAPI: slow, so called in a thread)."""
     import gradio as gr
+    from fastapi import FastAPI
 
     from modelhall.showcase.demo import build_demo
 
@@ -108,7 +113,7 @@ def _wants_page(scope: Scope) -> bool:
     return scope["type"] == "http" and scope["method"] == "GET" and "text/html" in Headers(scope=scope).get("accept", "")
 
 
-def create_server(runner: ModelRunner, root_path: str | None = None) -> FastAPI:
+def create_server(runner: ModelRunner, root_path: str | None = None) -> Starlette:
     """The model server around ``runner`` (see :func:`open_runner`); it starts loading the model
     at startup unless that was started already (the CLI starts it first, so the model loads
     while the server is imported). Behind a proxy, ``root_path`` is the public prefix (Gradio
@@ -116,7 +121,7 @@ def create_server(runner: ModelRunner, root_path: str | None = None) -> FastAPI:
     demo = LateDemo()
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
         runner.start_loading()
         stopping = asyncio.Event()
         attaching = asyncio.create_task(demo.attach(runner, root_path, stopping))
@@ -127,11 +132,9 @@ def create_server(runner: ModelRunner, root_path: str | None = None) -> FastAPI:
         with suppress(asyncio.CancelledError):
             await attaching
 
-    app = FastAPI(title=f"{runner.spec.name} · Modelhall model server", lifespan=lifespan)
+    app = Starlette(routes=[*_api_routes(runner, demo), Mount("/", demo)], lifespan=lifespan)
     app.state.runner = runner
     app.state.demo = demo
-    _add_api_routes(app, runner)
-    app.mount("/", demo)
     return app
 
 
@@ -159,10 +162,9 @@ async def _request_inputs(request: Request) -> dict[str, Any]:
     return body["inputs"]
 
 
-def _add_api_routes(app: FastAPI, runner: ModelRunner) -> None:
+def _api_routes(runner: ModelRunner, demo: LateDemo) -> list[Route]:
     spec = runner.spec
 
-    @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
         try:
             inputs = await _request_inputs(request)
@@ -179,13 +181,11 @@ def _add_api_routes(app: FastAPI, runner: ModelRunner) -> None:
         return JSONResponse({"outputs": to_json(spec, prediction.outputs), "digest": runner.digest,
                              "duration_ms": round(prediction.seconds * 1000, 3)})
 
-    @app.get("/spec")
-    def get_spec() -> dict[str, Any]:
-        return {"spec": spec.to_json_dict(), "digest": runner.digest, "request_schema": request_schema(spec)}
+    def get_spec(_request: Request) -> JSONResponse:
+        return JSONResponse({"spec": spec.to_json_dict(), "digest": runner.digest,
+                             "request_schema": request_schema(spec)})
 
-    @app.get("/healthz")
-    def healthz() -> JSONResponse:
-        demo = app.state.demo
+    def healthz(_request: Request) -> JSONResponse:
         body = {"status": runner.health.value, "model": spec.name, "digest": runner.digest,
                 "demo": "failed" if demo.error else "ready" if demo.app else "building"}
         if runner.error:
@@ -194,6 +194,8 @@ def _add_api_routes(app: FastAPI, runner: ModelRunner) -> None:
         return JSONResponse(body, status_code=200 if ready else 503,
                             headers=None if ready else {"Retry-After": RETRY_AFTER_SECONDS})
 
-    @app.get("/metrics")
-    def metrics() -> Response:
+    def metrics(_request: Request) -> Response:
         return Response(generate_latest(runner.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/predict", predict, methods=["POST"]), Route("/spec", get_spec), Route("/healthz", healthz),
+            Route("/metrics", metrics)]

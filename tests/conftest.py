@@ -233,7 +233,8 @@ class ModelServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the model server exited with {self.process.returncode}; see {self.log}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                health = httpx.get(f"{self.url}/healthz", timeout=2)
+                if health.status_code == 200 and health.json()["demo"] == "ready":  # the API and the demo
                     return
             except httpx.TransportError:
                 pass
