@@ -30,6 +30,7 @@ def account(api: GalleryAPI) -> None:
     """Who is looking, and how to log in or out."""
     sidebar = st.sidebar
     user = api.whoami()
+    sidebar.markdown("[All models](?)")
     if user:
         sidebar.markdown(f"Logged in as **{user}**")
         sidebar.markdown("[My models](?mine=1)")
@@ -59,13 +60,10 @@ def run_pages() -> None:
             shared_page.render(api, params["share"])
             return
         account(api)
-        st.sidebar.markdown("[All models](?)")
         if params.get("model"):
             model_page.render(api, params["model"])
-        elif params.get("mine"):
-            browse.render(api, mine=True)
         else:
-            browse.render(api)
+            browse.render(api, mine=bool(params.get("mine")))
     except RegistryUnreachable as error:
         st.error(f"The registry cannot be reached right now. {error}")
     except GalleryError as error:

@@ -13,32 +13,44 @@ from modelhall.showcase.gallery.api import GalleryAPI
 
 PAGE_SIZE = 24
 FACETS_TTL_SECONDS = 60
-COLUMNS = 3
 # A tile per task family for models without an example image: plain shapes, no emoji font needed.
 TILE_COLOURS = {"image": "#5b8def", "text": "#e8833a", "audio": "#3aa876", "video": "#b35bd6"}
-TILE = """<div style="height:150px;border-radius:8px;background:{colour};display:flex;align-items:center;
-justify-content:center;color:white;font:600 1.1rem sans-serif;text-align:center;padding:0 1rem">{label}</div>"""
+TILE = ("<div style='height:150px;border-radius:8px;background:{colour};display:flex;align-items:center;"
+        "justify-content:center;color:white;font:600 1.1rem sans-serif;text-align:center;padding:0 1rem'>{label}</div>")
 SORTS = {"recent": "Recently updated", "runs": "Most run", "name": "Name"}
 
 
-def filters(api: GalleryAPI) -> dict[str, Any]:
-    """The sidebar's search box and filters; their values are the listing's query parameters."""
+FACET_FILTERS = (("Task", "task", "task"), ("Framework", "framework", "framework"), ("License", "license", "license"),
+                 ("Input type", "input_type", "input_types"), ("Output type", "output_type", "output_types"))
+ANY = "any"
+
+
+def current_filters() -> dict[str, Any]:
+    """The listing's query parameters, as the sidebar's widgets last set them.
+
+    Read from the session rather than from the widgets, so that the cards can be drawn
+    before the widgets: the page shows models first and its filters a moment later.
+    """
+    state = st.session_state
+    chosen: dict[str, Any] = {"q": state.get("q", ""), "namespace": state.get("owner", "").strip().lower(),
+                              "sort": state.get("sort", "recent")}
+    for _, key, _ in FACET_FILTERS:
+        value = state.get(f"filter-{key}", ANY)
+        chosen[key] = None if value == ANY else value
+    return chosen
+
+
+def draw_filters(api: GalleryAPI) -> None:
+    """The sidebar's search box and filters (their values: :func:`current_filters`)."""
     facets = cached_facets(api)
     sidebar = st.sidebar
-    chosen: dict[str, Any] = {"q": sidebar.text_input("Search", placeholder="name, description, tags, model card",
-                                                      key="q"),
-                              "namespace": sidebar.text_input("Owner", placeholder="a user or organisation",
-                                                              key="owner").strip().lower()}
-    for label, key, facet in (("Task", "task", "task"), ("Framework", "framework", "framework"),
-                              ("License", "license", "license"), ("Input type", "input_type", "input_types"),
-                              ("Output type", "output_type", "output_types")):
+    sidebar.text_input("Search", placeholder="name, description, tags, model card", key="q")
+    sidebar.text_input("Owner", placeholder="a user or organisation", key="owner")
+    for label, key, facet in FACET_FILTERS:
         options = facets.get(facet, [])
         if options:
-            chosen[key] = sidebar.selectbox(label, ["any", *options], key=f"filter-{key}")
-            if chosen[key] == "any":
-                chosen[key] = None
-    chosen["sort"] = sidebar.radio("Sort by", list(SORTS), format_func=SORTS.__getitem__, key="sort")
-    return chosen
+            sidebar.selectbox(label, [ANY, *options], key=f"filter-{key}")
+    sidebar.radio("Sort by", list(SORTS), format_func=SORTS.__getitem__, key="sort")
 
 
 def task_tile(task: str | None) -> str:
@@ -65,24 +77,33 @@ def _age(moment: str) -> str:
     return "just now"
 
 
-def card(api: GalleryAPI, model: dict[str, Any]) -> None:
-    with st.container(border=True):
-        if model["thumbnail"]:
-            st.image(api.browser_url + model["thumbnail"], width="stretch")
-        else:
-            st.markdown(task_tile(model["task"]), unsafe_allow_html=True)
-        st.markdown(f"**[{model['name']}](?model={model['name']})**")
-        facts = [model["task"] or "no task", model["framework"], f"{model['run_count']} runs",
-                 f"updated {_age(model['updated_at'])}"]
-        st.caption(" · ".join(fact for fact in facts if fact))
-        if model["input_types"] and model["output_types"]:
-            st.caption(f"{', '.join(model['input_types'])} → {', '.join(model['output_types'])}")
-        if model["visibility"] != "public":
-            st.caption(f"🔒 {model['visibility']}")
+GRID = ("<div style='display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:1rem'>{cards}</div>")
+CARD = ("<div style='border:1px solid #ddd;border-radius:8px;padding:.8rem'>{picture}"
+        "<p style='margin:.6rem 0 .2rem'><a href='?model={name}' target='_self'><b>{name}</b></a></p>"
+        "<p style='color:#666;font-size:.85rem;margin:0'>{facts}</p>"
+        "<p style='color:#666;font-size:.85rem;margin:0'>{signature}</p></div>")
+PICTURE = "<img src='{src}' alt='example of {name}' style='width:100%;height:150px;object-fit:contain'>"
+
+
+def card(api: GalleryAPI, model: dict[str, Any]) -> str:
+    name = html.escape(model["name"], quote=True)
+    picture = (PICTURE.format(src=html.escape(api.browser_url + model["thumbnail"], quote=True), name=name)
+               if model["thumbnail"] else task_tile(model["task"]))
+    facts = [model["task"] or "no task", model["framework"], f"{model['run_count']} runs",
+             f"updated {_age(model['updated_at'])}", "" if model["visibility"] == "public" else model["visibility"]]
+    signature = (f"{', '.join(model['input_types'])} → {', '.join(model['output_types'])}"
+                 if model["input_types"] and model["output_types"] else "")
+    return CARD.format(picture=picture, name=name, facts=html.escape(" · ".join(f for f in facts if f)),
+                       signature=html.escape(signature))
 
 
 def render(api: GalleryAPI, mine: bool = False) -> None:
-    chosen = filters(api)
+    show_models(api, mine)
+    draw_filters(api)
+
+
+def show_models(api: GalleryAPI, mine: bool) -> None:
+    chosen = current_filters()
     if st.session_state.get("filters") != chosen:  # other filters: back to the first page
         st.session_state["filters"], st.session_state["page"] = chosen, 0
     page_number = int(st.session_state.get("page", 0))
@@ -96,10 +117,8 @@ def render(api: GalleryAPI, mine: bool = False) -> None:
         return
     first, last = page_number * PAGE_SIZE + 1, page_number * PAGE_SIZE + len(found.items)
     st.caption(f"{first}–{last} of {found.total} models")
-    for start in range(0, len(found.items), COLUMNS):
-        for column, model in zip(st.columns(COLUMNS), found.items[start:start + COLUMNS], strict=False):
-            with column:
-                card(api, model)
+    # One block of HTML for the whole grid: the page appears in one piece, not element by element.
+    st.markdown(GRID.format(cards="".join(card(api, model) for model in found.items)), unsafe_allow_html=True)
     previous, _, following = st.columns([1, 4, 1])
     if page_number > 0 and previous.button("← Previous"):
         st.session_state["page"] = page_number - 1
