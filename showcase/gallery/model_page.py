@@ -66,6 +66,12 @@ def deployment_note(api: GalleryAPI, name: str) -> None:
         st.info("The model is asleep and wakes when the demo opens; the first answer takes a little longer.")
 
 
+def show_snippets(by_language: dict[str, str]) -> None:
+    for language, code in by_language.items():
+        st.markdown(f"**{language}**")
+        st.code(code, language="bash" if language == "curl" else "python")
+
+
 def runs_section(runs: list[dict[str, Any]]) -> None:
     if not runs:
         st.info("No runs yet.")
@@ -106,10 +112,8 @@ def render(api: GalleryAPI, name: str) -> None:
     with tabs[3]:
         st.dataframe(versions_table(versions), hide_index=True)
     with tabs[4]:
-        for language, code in snippets(f"{api.browser_url}/api/v1/repos/{name}/predict",
-                                       f"{api.browser_url}/demo/{name}/", spec, "token").items():
-            st.markdown(f"**{language}**")
-            st.code(code, language="bash" if language == "curl" else "python")
+        show_snippets(snippets(f"{api.browser_url}/api/v1/repos/{name}/predict", f"{api.browser_url}/demo/{name}/",
+                               spec, "token"))
     with tabs[5]:
         try:
             runs_section(api.runs(name))

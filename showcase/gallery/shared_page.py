@@ -9,7 +9,13 @@ from __future__ import annotations
 import streamlit as st
 
 from modelhall.showcase.gallery.api import GalleryAPI, GalleryError
-from modelhall.showcase.gallery.model_page import DEMO_HEIGHT, runs_section, signature_table, split_model_card
+from modelhall.showcase.gallery.model_page import (
+    DEMO_HEIGHT,
+    runs_section,
+    show_snippets,
+    signature_table,
+    split_model_card,
+)
 from modelhall.showcase.gallery.snippets import snippets
 
 
@@ -36,9 +42,7 @@ def render(api: GalleryAPI, token: str) -> None:
     with tabs[2]:
         st.dataframe(signature_table(spec), hide_index=True)
     with tabs[3]:
-        for language, code in snippets(f"{api.browser_url}/api/v1/shared/predict", f"{api.browser_url}{shared['demo']}",
-                                       spec, "share").items():
-            st.markdown(f"**{language}**")
-            st.code(code, language="bash" if language == "curl" else "python")
+        show_snippets(snippets(f"{api.browser_url}/api/v1/shared/predict", f"{api.browser_url}{shared['demo']}",
+                               spec, "share"))
     with tabs[4]:
         runs_section(api.shared_runs())
