@@ -42,16 +42,12 @@ def create_share_link(db: Session, repository: Repository, creator: User | None,
     return link, token
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=moment.tzinfo or UTC)
-
-
 def link_state(link: ShareLink, now: datetime | None = None) -> str:
     """``active``, ``expired``, ``revoked`` or ``used up``."""
     now = now or datetime.now(UTC)
     if link.revoked_at is not None:
         return "revoked"
-    if link.expires_at is not None and _aware(link.expires_at) <= now:
+    if link.expires_at is not None and link.expires_at <= now:
         return "expired"
     if link.run_quota is not None and link.runs_used >= link.run_quota:
         return "used up"
@@ -70,7 +66,7 @@ def find_share_link(db: Session, token: str) -> ShareLink:
     if state == "revoked":
         raise ShareLinkError("this share link was revoked by the model's author", status=410)
     if state == "expired":
-        raise ShareLinkError(f"this share link expired on {_aware(link.expires_at).isoformat(timespec='minutes')}",  # type: ignore[arg-type]
+        raise ShareLinkError(f"this share link expired on {link.expires_at.isoformat(timespec='minutes')}",  # type: ignore[union-attr]
                              status=410)
     return link
 

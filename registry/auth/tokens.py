@@ -48,16 +48,13 @@ def find_access_token(db: Session, token: str) -> AccessToken:
     if record is None or record.revoked:
         raise InvalidTokenError("unknown or revoked token")
     now = datetime.now(UTC)
-    if record.expires_at and _aware(record.expires_at) < now:
+    if record.expires_at and record.expires_at < now:
         raise InvalidTokenError("the token has expired")
-    if record.last_used_at is None or now - _aware(record.last_used_at) > LAST_USED_RESOLUTION:
+    if record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION:
         record.last_used_at = now  # at most once a minute: not a write on every request
         db.commit()
     return record
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=moment.tzinfo or UTC)
 
 
 @dataclass(frozen=True)
