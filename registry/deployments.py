@@ -42,7 +42,8 @@ from modelhall.registry.runs import JournalReader
 from modelhall.spec.model import Scaling
 
 logger = logging.getLogger(__name__)
-HEALTH_POLL_SECONDS = 0.02  # a local socket: polling is cheap, and every wait adds to the cold start
+SOCKET_POLL_SECONDS = 0.01  # until a starting worker's socket exists: a file check, and every wait adds to the cold start
+HEALTH_WAIT_SECONDS = 1.0  # how long one health request may wait for the model (then: is the worker still alive?)
 TOUCH_INTERVAL_SECONDS = 1.0  # how stale the recorded last request may get under steady traffic
 LOG_LINES_ON_FAILURE = 20
 MAX_RESTARTS = 3
@@ -424,20 +425,24 @@ class Deployments:
             await run_in_threadpool(self._update, pool.deployment_id, desired_replicas=len(pool.workers))
 
     async def _wait_ready(self, handle: WorkerHandle) -> None:
-        async with worker_client(handle, timeout=2) as client:
+        """Until the worker's model has loaded. Its socket is polled for (a file check, which costs the
+        worker nothing); then one ``/healthz?wait`` at a time answers the moment the model is ready."""
+        async with worker_client(handle, timeout=HEALTH_WAIT_SECONDS + 5) as client:
             while True:
                 if not self.runtime.alive(handle):
                     raise DeploymentFailed(f"the model server exited while starting:\n"
                                            f"{self.runtime.logs(handle, LOG_LINES_ON_FAILURE)}")
-                try:
-                    response = await client.get("/healthz")
-                    if response.status_code == 200:
-                        return
-                    if response.json().get("status") == "failed":
-                        raise DeploymentFailed(f"the model failed to load: {response.json().get('error')}")
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(HEALTH_POLL_SECONDS)
+                if handle.socket.exists():
+                    try:
+                        response = await client.get("/healthz", params={"wait": HEALTH_WAIT_SECONDS})
+                        if response.status_code == 200:
+                            return
+                        if response.json().get("status") == "failed":
+                            raise DeploymentFailed(f"the model failed to load: {response.json().get('error')}")
+                        continue  # still loading: ask again (after checking it is alive)
+                    except httpx.TransportError:  # not listening yet, or it died meanwhile
+                        pass
+                await asyncio.sleep(SOCKET_POLL_SECONDS)
 
     async def shrink_idle(self) -> None:
         """Stop extra workers (beyond the oldest and ``scaling.min``) that answered nothing for the idle timeout."""

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,8 @@ class ModelRunner:
         self.health = Health.STARTING
         self.error: str | None = None
         self.metrics = Metrics()
+        self.settled = threading.Event()  # set once loading ended, ready or failed
+        self._on_settled: list[Callable[[], None]] = []
         self._adapter = open_adapter(spec, bundle)
         self._loader: threading.Thread | None = None
 
@@ -135,10 +137,19 @@ class ModelRunner:
         except Exception as error:  # anything the author's loading code raises
             self.error = f"{type(error).__name__}: {error}"
             self.health = Health.FAILED
-            return
-        self.metrics.load_seconds.set(time.perf_counter() - started)
-        self.metrics.ready.set(1)
-        self.health = Health.READY
+        else:
+            self.metrics.load_seconds.set(time.perf_counter() - started)
+            self.metrics.ready.set(1)
+            self.health = Health.READY
+        self.settled.set()
+        for callback in list(self._on_settled):
+            callback()
+
+    def when_settled(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the loading thread, or now) once loading has ended; it may be called twice."""
+        self._on_settled.append(callback)
+        if self.settled.is_set():
+            callback()
 
     def start_loading(self) -> None:
         """Load in a background thread (once), so the server can answer /healthz meanwhile."""

@@ -9,15 +9,23 @@
 
 The API answers as soon as the model is loaded: it is plain Starlette (importing FastAPI
 alone takes a third of a second), and Gradio (about two seconds to import) is imported and
-mounted afterwards, in the background. A browser asking for the page before then gets one
-that reloads itself; other demo requests wait. So a cold start costs the model's load plus
-a small server, not Gradio.
+mounted afterwards, in the background: once the model has loaded and no API prediction has
+run for half a second, or at once when someone asks for the demo. Imports hold the GIL, so
+building the demo any earlier would slow the model's loading and the prediction that woke it.
+A browser asking for the page before then gets one that reloads itself; other demo requests
+wait. So a cold start costs the model's load plus a small server, not Gradio.
+
+``GET /healthz?wait=S`` answers when the model has loaded (or failed), or after ``S`` seconds:
+whoever waits for a worker asks once instead of polling it (polls would take the GIL from the
+loading model on every call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,8 @@ from modelhall.showcase.values import InputError, Upload, coerce_text_values, re
 
 RETRY_AFTER_SECONDS = "5"
 DEMO_WAIT_SECONDS = 60.0
+DEMO_AFTER_QUIET_SECONDS = 0.5
+HEALTH_WAIT_LIMIT_SECONDS = 30.0
 logger = logging.getLogger(__name__)
 
 
@@ -66,6 +76,38 @@ DEMO_STARTING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta h
 </body></html>"""
 
 
+class Activity:
+    """The API predictions in flight, and when the last one ended."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.last_ended = time.monotonic()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @asynccontextmanager
+    async def prediction(self) -> AsyncIterator[None]:
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.last_ended = time.monotonic()
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def quiet(self, seconds: float) -> None:
+        """Return once no prediction has run for ``seconds``, counted from now at the earliest."""
+        asked = time.monotonic()
+        while True:
+            await self._idle.wait()
+            remaining = max(self.last_ended, asked) + seconds - time.monotonic()
+            if remaining <= 0 and self.in_flight == 0:
+                return
+            await asyncio.sleep(max(remaining, 0))
+
+
 class LateDemo:
     """Stands at ``/`` for the demo until it is built. Meanwhile a browser asking for a page gets one
     that reloads itself; other requests (Gradio's client, assets) wait for the demo."""
@@ -74,8 +116,11 @@ class LateDemo:
         self.app: ASGIApp | None = None
         self.error: str | None = None
         self.settled = asyncio.Event()
+        self.wanted = asyncio.Event()  # someone asked for the demo before it was built
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.settled.is_set():
+            self.wanted.set()
         if not self.settled.is_set() and _wants_page(scope):
             await HTMLResponse(DEMO_STARTING_PAGE, status_code=503,
                                headers={"Retry-After": "1"})(scope, receive, send)
@@ -94,8 +139,16 @@ class LateDemo:
             await _error(503 if self.error is None else 500, detail,
                          headers={"Retry-After": RETRY_AFTER_SECONDS})(scope, receive, send)
 
-    async def attach(self, runner: ModelRunner, root_path: str | None, stopping: asyncio.Event) -> None:
-        """Build the demo, run its startup (Gradio's queue) and serve it until ``stopping`` is set."""
+    async def attach(self, runner: ModelRunner, root_path: str | None, stopping: asyncio.Event,
+                     quiet: asyncio.Task[None]) -> None:
+        """Once ``quiet`` is done or someone asks for the demo: build it, run its startup (Gradio's
+        queue) and serve it until ``stopping`` is set."""
+        wanted = asyncio.ensure_future(self.wanted.wait())
+        try:
+            await asyncio.wait({quiet, wanted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            quiet.cancel()
+            wanted.cancel()
         try:
             demo = await run_in_threadpool(build_demo_app, runner, root_path)
         except Exception as error:  # noqa: BLE001 - the API keeps serving; the demo says why it cannot
@@ -118,13 +171,20 @@ def create_server(runner: ModelRunner, root_path: str | None = None) -> Starlett
     at startup unless that was started already (the CLI starts it first, so the model loads
     while the server is imported). Behind a proxy, ``root_path`` is the public prefix (Gradio
     builds every URL it hands out, output files included, from it and ``X-Forwarded-Host``)."""
-    demo = LateDemo()
+    demo, activity, loaded = LateDemo(), Activity(), asyncio.Event()
+
+    async def loaded_and_quiet() -> None:
+        await loaded.wait()
+        await activity.quiet(DEMO_AFTER_QUIET_SECONDS)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        runner.when_settled(lambda: loop.call_soon_threadsafe(loaded.set))
         runner.start_loading()
         stopping = asyncio.Event()
-        attaching = asyncio.create_task(demo.attach(runner, root_path, stopping))
+        attaching = asyncio.create_task(demo.attach(runner, root_path, stopping,
+                                                    asyncio.create_task(loaded_and_quiet())))
         yield
         stopping.set()
         if not demo.settled.is_set():
@@ -132,7 +192,7 @@ def create_server(runner: ModelRunner, root_path: str | None = None) -> Starlett
         with suppress(asyncio.CancelledError):
             await attaching
 
-    app = Starlette(routes=[*_api_routes(runner, demo), Mount("/", demo)], lifespan=lifespan)
+    app = Starlette(routes=[*_api_routes(runner, demo, activity, loaded), Mount("/", demo)], lifespan=lifespan)
     app.state.runner = runner
     app.state.demo = demo
     return app
@@ -162,7 +222,7 @@ async def _request_inputs(request: Request) -> dict[str, Any]:
     return body["inputs"]
 
 
-def _api_routes(runner: ModelRunner, demo: LateDemo) -> list[Route]:
+def _api_routes(runner: ModelRunner, demo: LateDemo, activity: Activity, loaded: asyncio.Event) -> list[Route]:
     spec = runner.spec
 
     async def predict(request: Request) -> JSONResponse:
@@ -171,7 +231,8 @@ def _api_routes(runner: ModelRunner, demo: LateDemo) -> list[Route]:
             if not request.headers.get("content-type", "").startswith("application/json"):
                 inputs = coerce_text_values(spec, inputs)
             context = RunContext.from_headers(request.headers, source="api")
-            prediction = await run_in_threadpool(runner.predict, inputs, context)
+            async with activity.prediction():
+                prediction = await run_in_threadpool(runner.predict, inputs, context)
         except InputError as error:
             return _error(422, error.message, error.field)
         except NotReadyError as error:
@@ -185,7 +246,14 @@ def _api_routes(runner: ModelRunner, demo: LateDemo) -> list[Route]:
         return JSONResponse({"spec": spec.to_json_dict(), "digest": runner.digest,
                              "request_schema": request_schema(spec)})
 
-    def healthz(_request: Request) -> JSONResponse:
+    async def healthz(request: Request) -> JSONResponse:
+        try:
+            wait = min(float(request.query_params.get("wait", 0)), HEALTH_WAIT_LIMIT_SECONDS)
+        except ValueError:
+            return _error(422, "wait must be a number of seconds", "wait")
+        if wait > 0:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(loaded.wait(), wait)
         body = {"status": runner.health.value, "model": spec.name, "digest": runner.digest,
                 "demo": "failed" if demo.error else "ready" if demo.app else "building"}
         if runner.error:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -177,16 +178,50 @@ def test_health_is_503_until_the_model_loads_and_after_it_fails(tmp_path: Path) 
     (bundle / "predict.py").write_text("class Model:\n    def setup(self):\n        raise OSError('weights missing')\n"
                                        "    def predict(self, x):\n        return x\n")
     with TestClient(create_server(open_runner(bundle, scratch=tmp_path / "scratch"))) as client:
-        app_runner = client.app.state.runner  # type: ignore[attr-defined]
-        for _ in range(100):
-            if app_runner.health.value != "starting":
-                break
-            time.sleep(0.05)
-        health = client.get("/healthz")
+        health = client.get("/healthz", params={"wait": 30})
         assert (health.status_code, health.json()["status"], health.json()["error"]) == (
             503, "failed", "OSError: weights missing")
         refused = client.post("/predict", json={"inputs": {"x": "a"}})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+
+
+def gated_bundle(directory: Path) -> tuple[Path, Path]:
+    """A model whose loading blocks until something is written to its gate (a named pipe)."""
+    directory.mkdir()
+    gate = directory / "gate"
+    os.mkfifo(gate)
+    (directory / "modelhall.yaml").write_text("name: gated\nruntime: {adapter: python, entrypoint: predict.py:Model}\n"
+                                              "inputs: [{name: x, type: text}]\noutputs: [{name: y, type: text}]\n")
+    (directory / "predict.py").write_text(f"class Model:\n    def setup(self):\n        open({str(gate)!r}).read()\n"
+                                          "    def predict(self, x):\n        return x.upper()\n")
+    return directory, gate
+
+
+def test_health_waits_for_the_model_when_asked(tmp_path: Path) -> None:
+    bundle, gate = gated_bundle(tmp_path / "gated")
+    with TestClient(create_server(open_runner(bundle, scratch=tmp_path / "scratch"))) as client:
+        assert client.get("/healthz").json()["status"] == "starting"
+        assert client.get("/healthz", params={"wait": 0.2}).json()["status"] == "starting"  # gave up waiting
+        assert client.get("/healthz", params={"wait": "soon"}).status_code == 422
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.get, "/healthz", params={"wait": 30})
+            gate.write_text("open")
+            health = waiting.result(timeout=30)
+        assert (health.status_code, health.json()["status"]) == (200, "ready")
+        assert client.post("/predict", json={"inputs": {"x": "a"}}).json()["outputs"] == {"y": "A"}
+
+
+def test_the_demo_is_built_when_asked_for_while_the_model_still_loads(tmp_path: Path) -> None:
+    bundle, gate = gated_bundle(tmp_path / "gated")
+    with TestClient(create_server(open_runner(bundle, scratch=tmp_path / "scratch"))) as client:
+        page = client.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 503 and "Starting the demo" in page.text
+        config = client.get("/config")  # waits for the demo, which nobody's prediction holds back
+        assert config.status_code == 200
+        assert "X" in {component["props"].get("label") for component in config.json()["components"]}
+        health = client.get("/healthz").json()
+        assert (health["status"], health["demo"]) == ("starting", "ready")
+        gate.write_text("open")
 
 
 def test_demo_page_is_served(server: ModelServer) -> None:
