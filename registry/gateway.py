@@ -14,11 +14,13 @@ gets a 503 with ``Retry-After`` at once.
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import select
@@ -32,7 +34,7 @@ from modelhall.registry.auth.principal import Principal
 from modelhall.registry.auth.sharing import ShareLinkError, count_run
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Deployment, Repository, Worker
-from modelhall.registry.metadata import find_manifest, resolve_tag
+from modelhall.registry.metadata import find_version
 from modelhall.adapters.runtimes.base import WorkerHandle
 from modelhall.registry.deployments import (
     DeploymentFailed,
@@ -75,9 +77,7 @@ def resolve_version(db: Session, principal: Principal, name: str, reference: str
     share = principal.share
     if reference is None and share is not None and share.repository_id == repository.id and share.digest:
         reference = share.digest
-    digest = reference if reference and reference.startswith("sha256:") else resolve_tag(db, repository,
-                                                                                        reference or LATEST_TAG)
-    manifest = find_manifest(db, repository, digest) if digest else None
+    manifest = find_version(db, repository, reference or LATEST_TAG)
     if manifest is None and reference is None:  # no "latest" tag: the newest version (every request pays
         versions = versions_of(db, repository)  # this listing only then, not for each demo asset)
         manifest = versions[0][1] if versions else None
@@ -139,31 +139,41 @@ class WorkerClients:
     """One keep-alive HTTP client per worker socket, closed with the app."""
 
     def __init__(self) -> None:
-        self._clients: dict[Path, httpx.AsyncClient] = {}
+        self._clients: dict[Path, aiohttp.ClientSession] = {}
 
-    def get(self, worker: WorkerHandle) -> httpx.AsyncClient:
+    def get(self, worker: WorkerHandle) -> aiohttp.ClientSession:
         client = self._clients.get(worker.socket)
-        if client is None:
+        if client is None or client.closed:
             client = self._clients[worker.socket] = worker_client(worker)
         return client
 
     async def close(self) -> None:
         for client in self._clients.values():
-            await client.aclose()
+            await client.close()
+
+
+def _answer_headers(response: aiohttp.ClientResponse, dropped: frozenset[str] = frozenset()) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | dropped}
 
 
 async def proxy(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str]) -> Response:
     """Stream ``request`` to ``worker`` and the answer back (server-sent events included)."""
     client = request.app.state.worker_clients.get(worker)
-    upstream = client.build_request(request.method, f"/{path}", params=request.query_params,
-                                    headers=_forward_headers(request, extra), content=request.stream())
     try:
-        response = await client.send(upstream, stream=True)
-    except httpx.TransportError:
+        response = await client.request(request.method, f"/{path}", params=list(request.query_params.multi_items()),
+                                        headers=_forward_headers(request, extra), data=_body_of(request),
+                                        allow_redirects=False, auto_decompress=False)
+    except aiohttp.ClientError:
         return worker_gone()
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}  # raw bytes: keep their encoding
-    return StreamingResponse(response.aiter_raw(), status_code=response.status_code, headers=headers,
-                             background=BackgroundTask(response.aclose))
+    return StreamingResponse(response.content.iter_any(), status_code=response.status,
+                             headers=_answer_headers(response),  # raw bytes: they keep their encoding
+                             background=BackgroundTask(response.release))
+
+
+def _body_of(request: Request) -> AsyncIterator[bytes] | None:
+    """The request's body as it arrives, or none for requests that have none (so none is sent)."""
+    has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
+    return request.stream() if has_body else None
 
 
 async def forward(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str],
@@ -171,12 +181,14 @@ async def forward(request: Request, worker: WorkerHandle, path: str, extra: dict
     """One prediction to ``worker``, answered whole (so its slot is held until it is done)."""
     client = request.app.state.worker_clients.get(worker)
     try:
-        response = await client.request(request.method, f"/{path}", params=request.query_params,
-                                        headers=_forward_headers(request, extra), content=await request.body())
-    except httpx.TransportError:
+        async with client.request(request.method, f"/{path}", params=list(request.query_params.multi_items()),
+                                  headers=_forward_headers(request, extra), data=await request.body(),
+                                  allow_redirects=False) as response:
+            body = await response.read()
+    except aiohttp.ClientError:
         return worker_gone()
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
-    return Response(response.content, status_code=response.status_code, headers=headers, background=after)
+    return Response(body, status_code=response.status,
+                    headers=_answer_headers(response, frozenset({"content-encoding"})), background=after)
 
 
 def _wants_html(request: Request) -> bool:
@@ -314,11 +326,17 @@ async def execute_async_run(app: FastAPI, run_id: str, repository: Repository, d
         return "failed", None, str(error), None
     try:
         async with deployments.slot(version, awake) as worker:
-            response = await app.state.worker_clients.get(worker).post(
-                "/predict", json={"inputs": inputs}, headers=run_headers(caller, awake.cold, run_id))
+            async with app.state.worker_clients.get(worker).post(
+                    "/predict", json={"inputs": inputs}, headers=run_headers(caller, awake.cold, run_id)) as response:
+                status, text = response.status, await response.text()
     except Overloaded as error:
         return "failed", None, str(error), None
-    body = response.json()
-    if response.status_code != 200:
-        return "failed", None, body.get("error", {}).get("message", response.text[:500]), None
+    except aiohttp.ClientError as error:
+        return "failed", None, f"the model's worker stopped answering: {error}", None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = {}
+    if status != 200:
+        return "failed", None, body.get("error", {}).get("message", text[:500]), None
     return "succeeded", body["outputs"], None, body.get("duration_ms")

@@ -55,6 +55,15 @@ def resolve_tag(db: Session, repository: Repository, tag: str) -> str | None:
     return record.digest if record else None
 
 
+def find_version(db: Session, repository: Repository, reference: str) -> Manifest | None:
+    """The manifest a tag or a digest names (tags hold no colon, digests do), in one query."""
+    if ":" in reference:
+        return find_manifest(db, repository, reference)
+    return db.scalar(select(Manifest).join(Tag, (Tag.repository_id == Manifest.repository_id)
+                                           & (Tag.digest == Manifest.digest))
+                     .where(Tag.repository_id == repository.id, Tag.name == reference))
+
+
 def save_manifest(db: Session, repository: Repository, values: dict[str, Any]) -> Manifest:
     insert_ignoring_duplicates(db, Manifest, {"repository_id": repository.id, "created_at": utcnow(), **values})
     manifest = find_manifest(db, repository, values["digest"])

@@ -36,7 +36,7 @@ from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Repository, Run, ShareLink
 from modelhall.registry.deployments import Deployments
 from modelhall.registry.gateway import get_deployments, resolve_version, serve_version
-from modelhall.registry.metadata import find_manifest, resolve_tag
+from modelhall.registry.metadata import find_manifest, find_version, resolve_tag
 from modelhall.registry.runs import new_run_id
 
 router = APIRouter(tags=["sharing"])
@@ -79,9 +79,10 @@ def create_share(owner: str, name: str, body: ShareCreate, request: Request, db:
     repository = visible_repository(db, principal, f"{owner}/{name}", Action.MANAGE)
     digest = None
     if body.pin:
-        digest = body.pin if body.pin.startswith("sha256:") else resolve_tag(db, repository, body.pin)
-        if digest is None or find_manifest(db, repository, digest) is None:
+        pinned = find_version(db, repository, body.pin)
+        if pinned is None:
             raise HTTPException(404, f"{owner}/{name} has no version {body.pin}")
+        digest = pinned.digest
     expires_at = datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     link, token = create_share_link(db, repository, principal.user, label=body.label, digest=digest,
                                     anonymous=body.anonymous, expires_at=expires_at, run_quota=body.run_quota)

@@ -12,7 +12,7 @@ from typing import Any
 
 import jwt
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from modelhall.registry.auth.scopes import expand_scopes
 from modelhall.registry.db.models import AccessToken, User
@@ -44,7 +44,8 @@ def create_access_token(db: Session, user: User, scopes: set[str], name: str = "
 
 
 def find_access_token(db: Session, token: str) -> AccessToken:
-    record = db.scalar(select(AccessToken).where(AccessToken.token_hash == hash_token(token)))
+    record = db.scalar(select(AccessToken).where(AccessToken.token_hash == hash_token(token))
+                       .options(joinedload(AccessToken.user)))  # every caller asks whose it is
     if record is None or record.revoked:
         raise InvalidTokenError("unknown or revoked token")
     now = datetime.now(UTC)

@@ -27,8 +27,8 @@ from modelhall.registry.metadata import (
     delete_manifest,
     delete_tag,
     find_manifest,
+    find_version,
     linked_blob,
-    resolve_tag,
     save_manifest,
     set_tag,
 )
@@ -53,8 +53,7 @@ def checked_reference(reference: str) -> str:
 
 
 def find_by_reference(db: Session, repository: Repository, reference: str) -> Manifest:
-    digest = reference if is_digest(reference) else resolve_tag(db, repository, reference)
-    manifest = find_manifest(db, repository, digest) if digest else None
+    manifest = find_version(db, repository, reference)
     if manifest is None:
         raise OCIError("MANIFEST_UNKNOWN", reference)
     return manifest
