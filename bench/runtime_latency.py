@@ -3,9 +3,12 @@
 Per starter template: cold start (a request to a sleeping deployment, until its answer)
 beside the bare cost (a fresh python process that loads the same model and predicts
 once); warm predict latency through the gateway beside the worker called directly on its
-socket. Then environment builds: fresh, rebuilt with one extra package, and plain
-``uv venv`` + ``uv pip install`` of the same requirements as the baseline. Medians of
-several runs, all in this process. Run with ``make bench-runtime``.
+socket. The gateway's overhead is the difference of the medians of each call's time minus the
+time the model itself took (the worker reports it with each answer): a slow model's own
+variation, tens of milliseconds, would otherwise hide a difference of a few. Then
+environment builds: fresh, rebuilt with one extra package, and plain ``uv venv`` +
+``uv pip install`` of the same requirements as the baseline. Medians of several runs, all in
+this process. Run with ``make bench-runtime``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from conftest import RegistryServer  # noqa: E402
 from oci_helpers import http, push_packed  # noqa: E402
 
 COLD_RUNS = int(os.environ.get("BENCH_COLD_RUNS", "3"))
-WARM_CALLS = int(os.environ.get("BENCH_WARM_CALLS", "30"))
+WARM_CALLS = int(os.environ.get("BENCH_WARM_CALLS", "100"))
 INPUTS: dict[str, dict[str, Any]] = {
     "hello": {"name": "Ada"},
     "image-classification": {"image": "examples/digit-3.png"},
@@ -56,14 +59,25 @@ runner = ModelRunner(load_spec_file(bundle), bundle, Path(tempfile.mkdtemp()))
 runner.load()
 runner.predict(coerce_text_values(runner.spec, inputs))
 """
+IDLE_TIMEOUT_SECONDS = 10
+REAPER_INTERVAL_SECONDS = 1  # the default is 5; a second finds each sleeping model sooner
 ENV_REQUIREMENTS = ("requests", "tqdm")
 EXTRA_PACKAGE = "six"
 
 
-def post_ok(client: httpx.Client, url: str, body: dict[str, Any]) -> None:
+def post_ok(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]:
     response = client.post(url, json=body)
     if response.status_code != 200:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")
+    return response.json()
+
+
+def timed_call(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, float]:
+    """(seconds the call took, seconds of it that were not the model's own)."""
+    started = time.perf_counter()
+    answer = post_ok(client, url, body)
+    took = time.perf_counter() - started
+    return took, took - answer["duration_ms"] / 1000
 
 
 def median_ms(samples: list[float]) -> float:
@@ -76,14 +90,15 @@ def as_json(bundle: Path, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def quick_sleeper(name: str, scratch: Path) -> Path:
-    """The template with a 3 s idle timeout, so it falls asleep between cold starts."""
+    """The template with a short idle timeout, so it falls asleep between cold starts (long
+    enough for the worker to build its demo before the warm calls)."""
     bundle = scratch / name
     shutil.copytree(template_path(name), bundle)
     spec = (bundle / "modelhall.yaml").read_text()
-    (bundle / "modelhall.yaml").write_text(spec + "\nscaling: {min: 0, max: 1, idle_timeout: 3}\n"
+    idle = f"idle_timeout: {IDLE_TIMEOUT_SECONDS}"
+    (bundle / "modelhall.yaml").write_text(spec + f"\nscaling: {{min: 0, max: 1, {idle}}}\n"
                                            if "scaling:" not in spec else
-                                           spec.replace("idle_timeout: 300", "idle_timeout: 3")
-                                           .replace("idle_timeout: 600", "idle_timeout: 3"))
+                                           spec.replace("idle_timeout: 300", idle).replace("idle_timeout: 600", idle))
     return bundle
 
 
@@ -96,6 +111,16 @@ def wait_asleep(client: httpx.Client, repository: str) -> None:
     while (current := state(client, repository)) != "sleeping":
         if time.monotonic() > deadline:
             raise RuntimeError(f"{repository} did not fall asleep; it is {current}")
+        time.sleep(0.2)
+
+
+def wait_demo_built(worker: httpx.Client) -> None:
+    """A worker builds its demo once the model has loaded and the API is quiet: warm calls are
+    measured after that, on a worker in its steady state."""
+    deadline = time.monotonic() + 120
+    while worker.get("/healthz").json().get("demo") != "ready":
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker's demo was not built within 120 s")
         time.sleep(0.2)
 
 
@@ -122,23 +147,22 @@ def bench_template(registry: RegistryServer, token: str, user: str, name: str, s
         started = time.perf_counter()
         post_ok(client, f"/api/v1/repos/{repository}/predict", body)
         cold.append(time.perf_counter() - started)
+    wait_asleep(client, repository)  # so that no worker shares the machine with the bare processes
     bare = [bare_seconds(bundle, INPUTS[name]) for _ in range(COLD_RUNS)]
     post_ok(client, f"/api/v1/repos/{repository}/predict", body)  # awake for the warm calls
     status = client.get(f"/api/v1/repos/{repository}/deployment").json()
     socket = next(w for w in status["workers"] if w["state"] == "ready")
     worker = httpx.Client(transport=httpx.HTTPTransport(uds=_socket_of(registry, socket["pid"])),
                           base_url="http://worker", timeout=300)
+    wait_demo_built(worker)
     gateway, direct = [], []
     for _ in range(WARM_CALLS):  # interleaved, so both see the same machine
-        started = time.perf_counter()
-        post_ok(client, f"/api/v1/repos/{repository}/predict", body)
-        gateway.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        post_ok(worker, "/predict", body)
-        direct.append(time.perf_counter() - started)
+        gateway.append(timed_call(client, f"/api/v1/repos/{repository}/predict", body))
+        direct.append(timed_call(worker, "/predict", body))
     worker.close()
-    return {"cold": median_ms(cold), "bare": median_ms(bare), "gateway": median_ms(gateway),
-            "direct": median_ms(direct)}
+    return {"cold": median_ms(cold), "bare": median_ms(bare),
+            "gateway": median_ms([took for took, _ in gateway]), "direct": median_ms([took for took, _ in direct]),
+            "overhead": median_ms([rest for _, rest in gateway]) - median_ms([rest for _, rest in direct])}
 
 
 def _socket_of(registry: RegistryServer, pid: int) -> str:
@@ -178,7 +202,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="modelhall-bench-runtime-") as temp:
         scratch = Path(temp)
         server = RegistryServer(data_dir=scratch / "registry", database=None,
-                                extra_env={"MODELHALL_REAPER_INTERVAL": "0.3"})
+                                extra_env={"MODELHALL_REAPER_INTERVAL": str(REAPER_INTERVAL_SECONDS)})
         server.start()
         try:
             user, token = server.user()
@@ -195,11 +219,11 @@ def main() -> None:
         console.print("benchmarking environment builds …")
         environments = bench_environments(scratch)
     table = Table("template", "cold start ms", "bare process ms", "cold-start overhead ms", "warm via gateway p50 ms",
-                  "worker direct p50 ms", "gateway overhead ms",
+                  "worker direct p50 ms", "gateway overhead p50 ms",
                   title=f"Local runtime (medians: {COLD_RUNS} cold starts, {WARM_CALLS} warm calls each)")
     for name, row in rows.items():
         table.add_row(name, f"{row['cold']:.0f}", f"{row['bare']:.0f}", f"{row['cold'] - row['bare']:.0f}",
-                      f"{row['gateway']:.2f}", f"{row['direct']:.2f}", f"{row['gateway'] - row['direct']:.2f}")
+                      f"{row['gateway']:.2f}", f"{row['direct']:.2f}", f"{row['overhead']:.2f}")
     console.print(table)
     builds = Table("environment", "seconds", title=f"Builds of {', '.join(ENV_REQUIREMENTS)} (+ {EXTRA_PACKAGE})")
     builds.add_row("fresh (empty download cache)", f"{environments['fresh']:.2f}")
