@@ -89,7 +89,7 @@ def app(seeded: Seeded, monkeypatch: pytest.MonkeyPatch, **query: str) -> AppTes
 
 
 def shown(test: AppTest) -> str:
-    return "\n".join(element.value for element in [*test.markdown, *test.caption, *test.title] if element.value)
+    return "\n".join(element.value for element in [*test.markdown, *test.html, *test.caption, *test.title] if element.value)
 
 
 # --- page logic (AppTest) ---------------------------------------------------------------

@@ -56,12 +56,18 @@ class Page:
 
 @dataclass
 class GalleryAPI:
-    """``registry`` is the URL the gallery reaches the registry at; ``public`` the one browsers use."""
+    """``registry`` is the URL the gallery reaches the registry at; ``public`` the one browsers use.
+
+    One is made for each page a viewer loads. Their connections to the registry come from
+    ``transport``, which may be shared by every viewer's pages (it keeps no cookies: each
+    page's client has its own, so no viewer's session reaches another's calls).
+    """
 
     registry: str
     viewer: Viewer
     gallery_origin: str
     public: str = ""
+    transport: httpx.BaseTransport | None = None
     _client: httpx.Client | None = field(default=None, repr=False)
 
     @property
@@ -72,7 +78,7 @@ class GalleryAPI:
     def http(self) -> httpx.Client:
         if self._client is None:
             self._client = httpx.Client(base_url=self.registry, headers=self.viewer.headers(self.gallery_origin),
-                                        timeout=TIMEOUT_SECONDS)
+                                        timeout=TIMEOUT_SECONDS, transport=self.transport)
         return self._client
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -87,6 +93,8 @@ class GalleryAPI:
         return response
 
     def whoami(self) -> str | None:
+        if not (self.viewer.token or self.viewer.session_cookie):  # no credentials: nobody to ask about
+            return None
         return self._call("GET", "/api/v1/whoami").json()["name"]
 
     def providers(self) -> list[dict[str, str]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 
+import httpx
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from modelhall.showcase.gallery import browse, model_page, shared_page
 from modelhall.showcase.gallery.api import SESSION_COOKIE, GalleryAPI, GalleryError, RegistryUnreachable, Viewer
@@ -18,17 +20,24 @@ from modelhall.showcase.gallery.api import SESSION_COOKIE, GalleryAPI, GalleryEr
 REGISTRY = os.environ.get("MODELHALL_URL", "http://127.0.0.1:8600").rstrip("/")
 PUBLIC_REGISTRY = os.environ.get("MODELHALL_PUBLIC_URL", REGISTRY).rstrip("/")
 GALLERY = os.environ.get("MODELHALL_GALLERY_URL", "http://127.0.0.1:8501").rstrip("/")
+PROVIDERS_TTL_SECONDS = 300
 
 
 def viewer() -> Viewer:
     params = st.query_params
-    return Viewer(session_cookie=st.context.cookies.get(SESSION_COOKIE), token=st.session_state.get("token"),
+    cookie = st.context.cookies.get(SESSION_COOKIE)  # (Streamlit's AppTest hands out a mock here)
+    return Viewer(session_cookie=cookie if isinstance(cookie, str) else None, token=st.session_state.get("token"),
                   share=params.get("share"))
 
 
-def account(api: GalleryAPI) -> None:
-    """Who is looking, and how to log in or out."""
-    sidebar = st.sidebar
+@st.cache_data(ttl=PROVIDERS_TTL_SECONDS, show_spinner=False)
+def login_providers(_api: GalleryAPI, registry: str) -> list[dict[str, str]]:
+    """The registry's login providers, part of its configuration: asked for every few minutes, not per page."""
+    return _api.providers()
+
+
+def account(api: GalleryAPI, sidebar: DeltaGenerator) -> None:
+    """Who is looking, and how to log in or out (in ``sidebar``, a place at the sidebar's top)."""
     user = api.whoami()
     sidebar.markdown("[All models](?)")
     if user:
@@ -41,7 +50,7 @@ def account(api: GalleryAPI) -> None:
         else:
             sidebar.link_button("Log out", f"{api.browser_url}/auth/logout?next={GALLERY}/")
         return
-    for provider in api.providers():
+    for provider in login_providers(api, api.registry):
         sidebar.link_button(f"Log in with {provider['name']}",
                             f"{api.browser_url}{provider['login']}?next={GALLERY}/")
     with sidebar.expander("Log in with an access token"):
@@ -51,19 +60,26 @@ def account(api: GalleryAPI) -> None:
             st.rerun()
 
 
+@st.cache_resource
+def registry_connections() -> httpx.HTTPTransport:
+    """Keep-alive connections to the registry, shared by every page this process renders."""
+    return httpx.HTTPTransport()
+
+
 def run_pages() -> None:
     st.set_page_config(page_title="Modelhall", page_icon="🧪", layout="wide")
     params = st.query_params
-    api = GalleryAPI(REGISTRY, viewer(), GALLERY, public=PUBLIC_REGISTRY)
+    api = GalleryAPI(REGISTRY, viewer(), GALLERY, public=PUBLIC_REGISTRY, transport=registry_connections())
     try:
         if params.get("share"):
             shared_page.render(api, params["share"])
             return
-        account(api)
+        account_place = st.sidebar.container()
         if params.get("model"):
             model_page.render(api, params["model"])
         else:
             browse.render(api, mine=bool(params.get("mine")))
+        account(api, account_place)  # after the page: what the viewer came for is drawn first
     except RegistryUnreachable as error:
         st.error(f"The registry cannot be reached right now. {error}")
     except GalleryError as error:

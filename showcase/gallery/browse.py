@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import html
-import time
 from datetime import datetime
 from typing import Any
 
 import streamlit as st
 
-from modelhall.showcase.gallery.api import GalleryAPI
+from modelhall.showcase.gallery.api import GalleryAPI, Viewer
 
 PAGE_SIZE = 24
 FACETS_TTL_SECONDS = 60
@@ -60,13 +59,15 @@ def task_tile(task: str | None) -> str:
 
 
 def cached_facets(api: GalleryAPI) -> dict[str, list[str]]:
-    """The filter values change only with pushes: asked for once a minute per browser session (so per
-    viewer), not on every rerun that a click causes."""
-    viewer, asked_at, facets = st.session_state.get("facets", (None, 0.0, None))
-    if facets is None or viewer != api.viewer or time.monotonic() - asked_at > FACETS_TTL_SECONDS:
-        facets = api.facets()
-        st.session_state["facets"] = (api.viewer, time.monotonic(), facets)
-    return facets
+    """The filter values change only with pushes: asked for once a minute per viewer (every anonymous
+    visitor is the same viewer), not on every page load or rerun that a click causes."""
+    return _facets_of(api, api.viewer)
+
+
+@st.cache_data(ttl=FACETS_TTL_SECONDS, max_entries=1000, show_spinner=False)
+def _facets_of(_api: GalleryAPI, viewer: Viewer) -> dict[str, list[str]]:
+    """``viewer`` is the cache's key (the facets count only what it may see); ``_api`` is not hashed."""
+    return _api.facets()
 
 
 def _age(moment: str) -> str:
@@ -118,7 +119,8 @@ def show_models(api: GalleryAPI, mine: bool) -> None:
     first, last = page_number * PAGE_SIZE + 1, page_number * PAGE_SIZE + len(found.items)
     st.caption(f"{first}–{last} of {found.total} models")
     # One block of HTML for the whole grid: the page appears in one piece, not element by element.
-    st.markdown(GRID.format(cards="".join(card(api, model) for model in found.items)), unsafe_allow_html=True)
+    # st.html, not st.markdown: the browser spends ~0.4 s running 24 cards' HTML through Markdown.
+    st.html(GRID.format(cards="".join(card(api, model) for model in found.items)))
     previous, _, following = st.columns([1, 4, 1])
     if page_number > 0 and previous.button("← Previous"):
         st.session_state["page"] = page_number - 1
