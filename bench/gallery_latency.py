@@ -41,7 +41,7 @@ from conftest import RegistryServer, free_port  # noqa: E402
 
 MODELS = int(os.environ.get("BENCH_MODELS", "10000"))
 CALLS = int(os.environ.get("BENCH_CALLS", "60"))
-PAGES = int(os.environ.get("BENCH_PAGES", "5"))
+PAGES = int(os.environ.get("BENCH_PAGES", "9"))
 TASKS = ["image-classification", "image-to-image", "text-generation", "text-classification", "translation"]
 FRAMEWORKS = ["pytorch", "transformers", "jax", "sklearn", "onnx"]
 TYPES = {"image-classification": (" image ", " label "), "image-to-image": (" image ", " image "),
