@@ -198,10 +198,6 @@ class Version:
         return Scaling.model_validate(self.spec.get("scaling", {}))
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
 class Deployments:
     def __init__(self, context: RegistryContext, runtime: Runtime, wake_timeout: float):
         self.context = context
@@ -481,7 +477,7 @@ class Deployments:
             for deployment in running:
                 manifest_spec = self._spec_of(db, deployment)
                 version = Version(db.get(Repository, deployment.repository_id), deployment.digest, manifest_spec)
-                last = _aware(deployment.last_request_at) or now
+                last = deployment.last_request_at or now
                 pool = self._pools.get((deployment.repository_id, deployment.digest))
                 busy = pool is not None and pool.active > 0
                 if busy or version.scaling.min > 0 or now - last < timedelta(seconds=version.scaling.idle_timeout):
