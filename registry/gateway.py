@@ -143,7 +143,7 @@ class WorkerClients:
 
     def get(self, worker: WorkerHandle) -> aiohttp.ClientSession:
         client = self._clients.get(worker.socket)
-        if client is None or client.closed:
+        if client is None:
             client = self._clients[worker.socket] = worker_client(worker)
         return client
 

@@ -125,7 +125,6 @@ class ModelRunner:
         self.health = Health.STARTING
         self.error: str | None = None
         self.metrics = Metrics()
-        self.settled = threading.Event()  # set once loading ended, ready or failed
         self._on_settled: list[Callable[[], None]] = []
         self._adapter = open_adapter(spec, bundle)
         self._loader: threading.Thread | None = None
@@ -141,14 +140,13 @@ class ModelRunner:
             self.metrics.load_seconds.set(time.perf_counter() - started)
             self.metrics.ready.set(1)
             self.health = Health.READY
-        self.settled.set()
         for callback in list(self._on_settled):
             callback()
 
     def when_settled(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from the loading thread, or now) once loading has ended; it may be called twice."""
         self._on_settled.append(callback)
-        if self.settled.is_set():
+        if self.health is not Health.STARTING:
             callback()
 
     def start_loading(self) -> None:
