@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from fastapi import Depends, Request
@@ -23,11 +23,16 @@ class RegistryContext:
     store: BlobStore
 
 
-def get_context(request: Request) -> RegistryContext:
+# The dependencies are coroutines, so FastAPI runs them on the event loop: a thread hop for each
+# would cost more than the indexed lookups they make (on an idle registry, about 0.5 ms of every
+# forwarded prediction). Routes that query at length are plain functions, which run in threads.
+
+async def get_context(request: Request) -> RegistryContext:
     return request.app.state.context
 
 
-def get_db(context: RegistryContext = Depends(get_context)) -> Iterator[Session]:
+async def get_db(context: RegistryContext = Depends(get_context)) -> AsyncIterator[Session]:
+    """A session that connects on its first query, so opening it costs no I/O."""
     with context.sessions() as db:
         yield db
 
@@ -35,8 +40,8 @@ def get_db(context: RegistryContext = Depends(get_context)) -> Iterator[Session]
 SHARE_HEADER = "x-modelhall-share"
 
 
-def get_principal(request: Request, db: Session = Depends(get_db),
-                  context: RegistryContext = Depends(get_context)) -> Principal:
+async def get_principal(request: Request, db: Session = Depends(get_db),
+                        context: RegistryContext = Depends(get_context)) -> Principal:
     """Who asks: the ``Authorization`` header, else the browser session; plus the share link
     the request carries (the ``X-Modelhall-Share`` header, or the one the session opened)."""
     header = request.headers.get("authorization")

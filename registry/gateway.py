@@ -26,7 +26,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 
 from modelhall.registry.api.repos import LATEST_TAG, versions_of, visible_repository
 from modelhall.registry.auth.policy import Action, permitted_actions
@@ -198,7 +197,7 @@ def _wants_html(request: Request) -> bool:
 async def _after_prediction(deployments: Deployments, deployment_id: int) -> None:
     """After the answer went out: restart the idle clock. (The run reaches the history from the
     worker's journal, collected by the reaper or by whoever reads the history first.)"""
-    await run_in_threadpool(deployments.touch_if_stale, deployment_id)
+    deployments.touch(deployment_id)
 
 
 def split_reference(name_and_reference: str) -> tuple[str, str | None]:
@@ -292,7 +291,7 @@ async def predict(owner: str, name_ref: str, request: Request, db: Session = Dep
 
 
 @router.get("/api/v1/repos/{owner}/{name_ref}/deployment", tags=["repositories"])
-def deployment_status(owner: str, name_ref: str, db: Session = Depends(get_db),
+def deployment_status(owner: str, name_ref: str, request: Request, db: Session = Depends(get_db),
                       principal: Principal = Depends(get_principal)) -> JSONResponse:
     """Whether a version is built, sleeping or running, and its workers."""
     name, reference = split_reference(name_ref)
@@ -305,11 +304,12 @@ def deployment_status(owner: str, name_ref: str, db: Session = Depends(get_db),
     if deployment is None:
         return JSONResponse({"digest": version.digest, "state": "sleeping", "build_status": "pending", "workers": []})
     workers = db.scalars(select(Worker).where(Worker.deployment_id == deployment.id).order_by(Worker.id)).all()
+    last_request = get_deployments(request).last_request(deployment)
     return JSONResponse({
         "digest": version.digest, "state": deployment.state, "detail": deployment.state_detail,
         "build_status": deployment.build_status, "build_error": deployment.build_error,
         "environment": deployment.environment,
-        "last_request_at": deployment.last_request_at.isoformat() if deployment.last_request_at else None,
+        "last_request_at": last_request.isoformat() if last_request else None,
         "workers": [{"pid": w.pid, "state": w.state, "started_at": w.started_at.isoformat()} for w in workers],
     })
 
