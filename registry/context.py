@@ -23,30 +23,27 @@ class RegistryContext:
     store: BlobStore
 
 
-# The dependencies are coroutines, so FastAPI runs them on the event loop: a thread hop for each
-# would cost more than the indexed lookups they make (on an idle registry, about 0.5 ms of every
-# forwarded prediction). Routes that query at length are plain functions, which run in threads.
-
-async def get_context(request: Request) -> RegistryContext:
+def get_context(request: Request) -> RegistryContext:
     return request.app.state.context
 
 
-async def get_db(context: RegistryContext = Depends(get_context)) -> AsyncIterator[Session]:
-    """A session that connects on its first query, so opening it costs no I/O."""
-    with context.sessions() as db:
+async def get_db(request: Request) -> AsyncIterator[Session]:
+    """A session for the request. A coroutine, so it costs no thread hop: opening a session
+    makes no connection (its first query does, in whichever thread runs it), and closing one
+    hands its connection back to the pool, which never waits."""
+    with get_context(request).sessions() as db:
         yield db
 
 
 SHARE_HEADER = "x-modelhall-share"
 
 
-async def get_principal(request: Request, db: Session = Depends(get_db),
-                        context: RegistryContext = Depends(get_context)) -> Principal:
+def get_principal(request: Request, db: Session = Depends(get_db)) -> Principal:
     """Who asks: the ``Authorization`` header, else the browser session; plus the share link
     the request carries (the ``X-Modelhall-Share`` header, or the one the session opened)."""
     header = request.headers.get("authorization")
     if header:
-        principal = principal_from_header(db, header, context.settings.signing_key)
+        principal = principal_from_header(db, header, get_context(request).settings.signing_key)
     else:
         principal = principal_from_session(db, request.session)
     share_token = request.headers.get(SHARE_HEADER) or request.session.get("share")

@@ -219,6 +219,7 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
         except ShareLinkError as error:
             return JSONResponse({"status": "quota", "detail": str(error)}, status_code=error.status)
     name = version.repository.name if link_id is None or not principal.share.anonymous else version.spec["name"]  # type: ignore[union-attr]
+    db.close()  # its connection goes back to the pool: a wake-up, or a stream, may last minutes
     wait = not _wants_html(request) and "respond-async" not in request.headers.get("prefer", "")
     try:
         awake = await get_deployments(request).wake(version, wait=wait)

@@ -134,6 +134,7 @@ async def follow_run(owner: str, name: str, run_id: str, request: Request, db: S
                      principal: Principal = Depends(get_principal)) -> StreamingResponse:
     """Server-sent events: one ``status`` event per change, the last one with the whole run."""
     _visible_run(db, principal, owner, name, run_id)
+    db.close()  # the events may take minutes; each poll below has a session of its own
     sessions = request.app.state.context.sessions
 
     def current() -> tuple[str, dict[str, Any]]:

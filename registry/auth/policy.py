@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 
-from sqlalchemy import ColumnElement, false, or_, select, true
+from sqlalchemy import ColumnElement, bindparam, false, or_, select, true
 from sqlalchemy.orm import Session
 
 from modelhall.registry.auth.principal import Principal
@@ -117,9 +117,12 @@ def permitted_actions(db: Session, principal: Principal, name: str, repository: 
     return frozenset(actions)
 
 
+REPOSITORY_BY_NAME = select(Repository).where(Repository.name == bindparam("name"))  # built once: see tokens.py
+
+
 def decide(db: Session, principal: Principal, name: str, action: Action,
            digest: str | None = None) -> tuple[Outcome, Repository | None]:
-    repository = db.scalar(select(Repository).where(Repository.name == name))
+    repository = db.scalar(REPOSITORY_BY_NAME, {"name": name})
     if action in permitted_actions(db, principal, name, repository, digest=digest):
         return Outcome.ALLOW, repository
     possible = permitted_actions(db, principal, name, repository, digest=digest, honour_grants=False)

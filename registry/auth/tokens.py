@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
 from modelhall.registry.auth.scopes import expand_scopes
@@ -43,9 +43,14 @@ def create_access_token(db: Session, user: User, scopes: set[str], name: str = "
     return token
 
 
+# Built once, as every statement that each request runs: building one (its joinedload most
+# of all) took longer than running it.
+TOKEN_BY_HASH = (select(AccessToken).where(AccessToken.token_hash == bindparam("token_hash"))
+                 .options(joinedload(AccessToken.user)))  # every caller asks whose it is
+
+
 def find_access_token(db: Session, token: str) -> AccessToken:
-    record = db.scalar(select(AccessToken).where(AccessToken.token_hash == hash_token(token))
-                       .options(joinedload(AccessToken.user)))  # every caller asks whose it is
+    record = db.scalar(TOKEN_BY_HASH, {"token_hash": hash_token(token)})
     if record is None or record.revoked:
         raise InvalidTokenError("unknown or revoked token")
     now = datetime.now(UTC)
