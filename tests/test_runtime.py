@@ -9,6 +9,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -92,6 +93,44 @@ def test_first_request_wakes_the_model_and_idle_puts_it_to_sleep(runtime_registr
     assert again.json()["outputs"] == {"greeting": "Hello, Bo."}
     workers = status(runtime_registry, repository)["workers"]
     assert [w["state"] for w in workers] == ["stopped", "ready"] and workers[1]["pid"] != worker["pid"]
+
+
+def test_steady_requests_keep_the_model_awake_and_its_status_shows_the_last(runtime_registry: RegistryServer,
+                                                                          tmp_path: Path) -> None:
+    user, _, _ = push(runtime_registry, quick_hello(tmp_path), "steady")
+    repository = f"{user}/steady"
+    assert predict(runtime_registry, repository, "first").status_code == 200
+    [worker] = status(runtime_registry, repository)["workers"]
+    until = time.monotonic() + 3 * IDLE_TIMEOUT
+    while time.monotonic() < until:  # for three idle timeouts, a request every quarter of one
+        asked = datetime.now(UTC)
+        assert predict(runtime_registry, repository, "again").status_code == 200
+        time.sleep(IDLE_TIMEOUT / 4)
+    awake = status(runtime_registry, repository)
+    assert awake["state"] == "running" and [w["pid"] for w in awake["workers"]] == [worker["pid"]]
+    assert datetime.fromisoformat(awake["last_request_at"]) >= asked
+    wait_for(lambda: status(runtime_registry, repository)["state"] == "sleeping", "scaling to zero once they stop")
+
+
+def test_callers_waiting_for_a_model_to_wake_hold_no_database_connection(runtime_registry: RegistryServer,
+                                                                         tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle = quick_hello(tmp_path, idle_timeout=300)
+    (bundle / "predict.py").write_text("import time\n\ntime.sleep(10)  # a model slow to load\n\n"
+                                       "def predict(name, style='plain'):\n    return name\n")
+    spec = (bundle / "modelhall.yaml").read_text()
+    (bundle / "modelhall.yaml").write_text(spec.replace("idle_timeout: 300}", "idle_timeout: 300, queue: 64}"))
+    user, token, _ = push(runtime_registry, bundle, "slow-loader")
+    repository = f"{user}/slow-loader"
+    callers = 40  # more than the connection pool holds: 15 on SQLite, 30 on PostgreSQL
+    with ThreadPoolExecutor(max_workers=callers) as pool:
+        answers = [pool.submit(predict, runtime_registry, repository, f"n{i}") for i in range(callers)]
+        wait_for(lambda: status(runtime_registry, repository)["state"] == "starting", "the model starting")
+        who = http(runtime_registry.url, token).get("/api/v1/whoami", timeout=5)
+        assert (who.status_code, who.json()["name"]) == (200, user)
+        assert status(runtime_registry, repository)["state"] == "starting"  # answered while the model loads
+        assert [answer.result().status_code for answer in answers] == [200] * callers
 
 
 def test_the_demo_through_the_gateway_with_gradio_client(runtime_registry: RegistryServer, tmp_path: Path) -> None:
