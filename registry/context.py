@@ -30,7 +30,7 @@ def get_context(request: Request) -> RegistryContext:
 async def get_db(request: Request) -> AsyncIterator[Session]:
     """A session for the request. A coroutine, so it costs no thread hop: opening a session
     makes no connection (its first query does, in whichever thread runs it), and closing one
-    hands its connection back to the pool, which never waits."""
+    returns its connection to the pool, which waits for no other request."""
     with get_context(request).sessions() as db:
         yield db
 

@@ -117,7 +117,8 @@ def permitted_actions(db: Session, principal: Principal, name: str, repository: 
     return frozenset(actions)
 
 
-REPOSITORY_BY_NAME = select(Repository).where(Repository.name == bindparam("name"))  # built once: see tokens.py
+# Built once: see TOKEN_BY_HASH in tokens.py.
+REPOSITORY_BY_NAME = select(Repository).where(Repository.name == bindparam("name"))
 
 
 def decide(db: Session, principal: Principal, name: str, action: Action,

@@ -43,8 +43,8 @@ def create_access_token(db: Session, user: User, scopes: set[str], name: str = "
     return token
 
 
-# Built once, as every statement that each request runs: building one (its joinedload most
-# of all) took longer than running it.
+# The statements every request runs are built once (here, in policy.py and in metadata.py):
+# building this one, its joinedload above all, took longer than running it.
 TOKEN_BY_HASH = (select(AccessToken).where(AccessToken.token_hash == bindparam("token_hash"))
                  .options(joinedload(AccessToken.user)))  # every caller asks whose it is
 
