@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from fastapi import Depends, Request
-from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from sqlalchemy import Engine, QueuePool
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhall.adapters.storage import BlobStore
@@ -38,9 +39,25 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
 SHARE_HEADER = "x-modelhall-share"
 
 
-def get_principal(request: Request, db: Session = Depends(get_db)) -> Principal:
+async def get_principal(request: Request, db: Session = Depends(get_db)) -> Principal:
     """Who asks: the ``Authorization`` header, else the browser session; plus the share link
-    the request carries (the ``X-Modelhall-Share`` header, or the one the session opened)."""
+    the request carries (the ``X-Modelhall-Share`` header, or the one the session opened).
+
+    Found on the event loop while the pool has a connection idle (a thread hop costs more than
+    the indexed lookups), and in a thread otherwise: the loop must not wait for a connection,
+    since the requests that hold them may need the loop to give them back.
+    """
+    if _has_idle_connection(get_context(request).engine):
+        return _find_principal(request, db)
+    return await run_in_threadpool(_find_principal, request, db)
+
+
+def _has_idle_connection(engine: Engine) -> bool:
+    pool = engine.pool
+    return isinstance(pool, QueuePool) and pool.checkedin() > 0
+
+
+def _find_principal(request: Request, db: Session) -> Principal:
     header = request.headers.get("authorization")
     if header:
         principal = principal_from_header(db, header, get_context(request).settings.signing_key)
