@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 from sqlalchemy import Engine, QueuePool
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from modelhall.adapters.storage import BlobStore
 from modelhall.registry.auth.principal import AuthenticationError, Principal, principal_from_header, principal_from_session
