@@ -38,6 +38,7 @@ from modelhall.bundle import unpack_layers
 from modelhall.bundle.unpack import IteratorReader
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
+from modelhall.registry.metadata import insert_ignoring_duplicates
 from modelhall.registry.runs import JournalReader
 from modelhall.spec.model import Scaling
 
@@ -216,12 +217,12 @@ class Deployments:
     # --- the database side -------------------------------------------------------------
 
     def _deployment(self, version: Version) -> int:
+        """The version's deployment; the first request creates it (of several at once, one does)."""
         with self.context.sessions() as db:
-            found = db.scalar(select(Deployment).where(Deployment.repository_id == version.repository.id,
-                                                       Deployment.digest == version.digest))
-            if found is None:
-                found = Deployment(repository_id=version.repository.id, digest=version.digest)
-                db.add(found)
+            insert_ignoring_duplicates(db, Deployment, {"repository_id": version.repository.id,
+                                                        "digest": version.digest})
+            found = db.scalars(select(Deployment).where(Deployment.repository_id == version.repository.id,
+                                                        Deployment.digest == version.digest)).one()
             found.last_request_at = utcnow()
             db.commit()
             return found.id
