@@ -30,11 +30,16 @@ def runtime_registry(database_kind: str, tmp_path: Path) -> Iterator[RegistrySer
     yield from serve_registry(database_kind, tmp_path / "registry", {"MODELHALL_REAPER_INTERVAL": "0.5"})
 
 
-def quick_hello(tmp_path: Path, idle_timeout: int = IDLE_TIMEOUT) -> Path:
+def quick_hello(tmp_path: Path, idle_timeout: int = IDLE_TIMEOUT, model: str | None = None,
+                scaling: str = "") -> Path:
+    """The hello template with a short idle timeout; ``model`` replaces its predict.py, and
+    ``scaling`` is added to its scaling section (``", queue: 1"``)."""
     bundle = tmp_path / "hello"
     shutil.copytree(template_path("hello"), bundle)
+    if model is not None:
+        (bundle / "predict.py").write_text(model)
     spec = (bundle / "modelhall.yaml").read_text()
-    (bundle / "modelhall.yaml").write_text(spec.replace("idle_timeout: 300", f"idle_timeout: {idle_timeout}"))
+    (bundle / "modelhall.yaml").write_text(spec.replace("idle_timeout: 300}", f"idle_timeout: {idle_timeout}{scaling}}}"))
     return bundle
 
 
@@ -116,11 +121,9 @@ def test_callers_waiting_for_a_model_to_wake_hold_no_database_connection(runtime
                                                                          tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    bundle = quick_hello(tmp_path, idle_timeout=300)
-    (bundle / "predict.py").write_text("import time\n\ntime.sleep(10)  # a model slow to load\n\n"
-                                       "def predict(name, style='plain'):\n    return name\n")
-    spec = (bundle / "modelhall.yaml").read_text()
-    (bundle / "modelhall.yaml").write_text(spec.replace("idle_timeout: 300}", "idle_timeout: 300, queue: 64}"))
+    bundle = quick_hello(tmp_path, idle_timeout=300, scaling=", queue: 64",
+                         model="import time\n\ntime.sleep(10)  # a model slow to load\n\n"
+                               "def predict(name, style='plain'):\n    return name\n")
     user, token, _ = push(runtime_registry, bundle, "slow-loader")
     repository = f"{user}/slow-loader"
     callers = 40  # more than the connection pool holds: 15 on SQLite, 30 on PostgreSQL
@@ -393,11 +396,8 @@ def test_beyond_the_concurrency_limit_and_queue_callers_get_429(runtime_registry
                                                                tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    bundle = quick_hello(tmp_path, idle_timeout=300)
-    (bundle / "predict.py").write_text("import time\n\ndef predict(name, style='plain'):\n"
-                                       "    time.sleep(1.5)\n    return name\n")
-    spec = (bundle / "modelhall.yaml").read_text()
-    (bundle / "modelhall.yaml").write_text(spec.replace("idle_timeout: 300}", "idle_timeout: 300, concurrency: 1, queue: 1}"))
+    bundle = quick_hello(tmp_path, idle_timeout=300, scaling=", concurrency: 1, queue: 1",
+                         model="import time\n\ndef predict(name, style='plain'):\n    time.sleep(1.5)\n    return name\n")
     user, _, _ = push(runtime_registry, bundle, "busy")
     assert predict(runtime_registry, f"{user}/busy", "warm-up").status_code == 200
     with ThreadPoolExecutor(max_workers=4) as pool:
