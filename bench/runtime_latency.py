@@ -151,8 +151,8 @@ def bench_template(registry: RegistryServer, token: str, user: str, name: str, s
     bare = [bare_seconds(bundle, INPUTS[name]) for _ in range(COLD_RUNS)]
     post_ok(client, f"/api/v1/repos/{repository}/predict", body)  # awake for the warm calls
     status = client.get(f"/api/v1/repos/{repository}/deployment").json()
-    socket = next(w for w in status["workers"] if w["state"] == "ready")
-    worker = httpx.Client(transport=httpx.HTTPTransport(uds=_socket_of(registry, socket["pid"])),
+    ready = next(w for w in status["workers"] if w["state"] == "ready")
+    worker = httpx.Client(transport=httpx.HTTPTransport(uds=_socket_of(registry, ready["id"])),
                           base_url="http://worker", timeout=300)
     wait_demo_built(worker)
     gateway, direct = [], []
@@ -165,11 +165,11 @@ def bench_template(registry: RegistryServer, token: str, user: str, name: str, s
             "overhead": median_ms([rest for _, rest in gateway]) - median_ms([rest for _, rest in direct])}
 
 
-def _socket_of(registry: RegistryServer, pid: int) -> str:
+def _socket_of(registry: RegistryServer, worker_id: str) -> str:
     engine = registry.engine()
     try:
         with make_session_factory(engine)() as db:
-            return db.scalar(select(Worker.socket).where(Worker.pid == pid))
+            return db.scalar(select(Worker.endpoint).where(Worker.handle == worker_id)).removeprefix("unix:")
     finally:
         engine.dispose()
 

@@ -1,8 +1,8 @@
 """Deployments: wake a version on its first request, put it to sleep when nobody uses it.
 
 The registry decides *when*; the runtime (``adapters/runtimes``) does the work. What a
-second replica or a restarted registry needs — build status, workers with pid and socket,
-last request — is in the database; this process only keeps locks and handles.
+second replica or a restarted registry needs — build status, workers with their runtime id
+and endpoint, each journal's cursor, last request — is in the database; this process only keeps locks and handles.
 
     sleeping ──request──▶ starting ──/healthz 200──▶ running ──idle timeout──▶ sleeping
                               │                       │    ▲
@@ -43,7 +43,7 @@ from modelhall.registry.runs import JournalReader
 from modelhall.spec.model import Scaling
 
 logger = logging.getLogger(__name__)
-SOCKET_POLL_SECONDS = 0.01  # until a starting worker's socket exists: a file check, and every wait adds to the cold start
+SOCKET_POLL_SECONDS = 0.01  # until a starting pod's endpoint answers: every wait adds to the cold start
 HEALTH_WAIT_SECONDS = 1.0  # how long one health request may wait for the model (then: is the worker still alive?)
 LOG_LINES_ON_FAILURE = 20
 MAX_RESTARTS = 3
@@ -54,7 +54,7 @@ WORKER_URL = "http://worker"
 
 
 def worker_client(worker: WorkerHandle, timeout: float | None = None) -> aiohttp.ClientSession:
-    """An HTTP client that talks to ``worker`` over its Unix socket.
+    """An HTTP client that talks to ``worker`` at its endpoint (a Unix socket, or a pod's address).
 
     aiohttp rather than httpx, which the rest of the platform uses: every prediction crosses
     this client, and aiohttp's C parser and thinner pool take half a millisecond less per
@@ -62,7 +62,9 @@ def worker_client(worker: WorkerHandle, timeout: float | None = None) -> aiohttp
     It keeps no cookies (a worker's cookie must not reach the next caller) and follows no
     redirects (the caller's browser does).
     """
-    return aiohttp.ClientSession(WORKER_URL, connector=aiohttp.UnixConnector(path=str(worker.socket)),
+    socket = worker.unix_socket
+    connector = aiohttp.UnixConnector(path=socket) if socket else aiohttp.TCPConnector()
+    return aiohttp.ClientSession(WORKER_URL if socket else worker.endpoint, connector=connector,
                                  cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",),
                                  timeout=aiohttp.ClientTimeout(total=timeout, connect=10))
 
@@ -74,7 +76,7 @@ def _settled(task: asyncio.Task[WorkerHandle]) -> None:
 
 
 def handle_of(worker: Worker) -> WorkerHandle:
-    return WorkerHandle(Path(worker.socket), worker.pid)
+    return WorkerHandle(worker.handle, worker.endpoint)
 
 
 class Overloaded(RuntimeError):
@@ -94,9 +96,9 @@ class Pool:
         self.repository_id, self.digest = version.repository.id, version.digest
         self.scaling = version.scaling
         self.concurrency, self.queue = self.scaling.concurrency, self.scaling.queue
-        self.workers: dict[Path, WorkerHandle] = {}
-        self.busy: dict[Path, int] = {}
-        self.last_used: dict[Path, float] = {}
+        self.workers: dict[str, WorkerHandle] = {}  # by runtime id
+        self.busy: dict[str, int] = {}
+        self.last_used: dict[str, float] = {}
         self._changed = asyncio.Condition()
         self._waiting = 0
 
@@ -107,7 +109,7 @@ class Pool:
     @property
     def saturated(self) -> bool:
         """Every worker is answering all it may: one more request would wait."""
-        return all(self.busy[socket] >= self.concurrency for socket in self.workers)
+        return all(self.busy[worker] >= self.concurrency for worker in self.workers)
 
     @property
     def primary(self) -> WorkerHandle | None:
@@ -115,20 +117,20 @@ class Pool:
         return next(iter(self.workers.values()), None)
 
     def _least_busy(self) -> WorkerHandle | None:
-        free = [socket for socket in self.workers if self.busy[socket] < self.concurrency]
-        return self.workers[min(free, key=lambda socket: self.busy[socket])] if free else None
+        free = [worker for worker in self.workers if self.busy[worker] < self.concurrency]
+        return self.workers[min(free, key=lambda worker: self.busy[worker])] if free else None
 
     async def add(self, worker: WorkerHandle) -> None:
         async with self._changed:
-            self.workers[worker.socket] = worker
-            self.busy.setdefault(worker.socket, 0)
-            self.last_used[worker.socket] = time.monotonic()
+            self.workers[worker.id] = worker
+            self.busy.setdefault(worker.id, 0)
+            self.last_used[worker.id] = time.monotonic()
             self._changed.notify_all()
 
     def discard(self, worker: WorkerHandle) -> None:
         """Forget a worker that stopped (its running predictions fail on their own)."""
-        self.workers.pop(worker.socket, None)
-        self.last_used.pop(worker.socket, None)
+        self.workers.pop(worker.id, None)
+        self.last_used.pop(worker.id, None)
 
     @asynccontextmanager
     async def slot(self, timeout: float) -> AsyncIterator[WorkerHandle]:
@@ -147,14 +149,14 @@ class Pool:
                     self._waiting -= 1
                 worker = self._least_busy()
                 assert worker is not None
-            self.busy[worker.socket] += 1
+            self.busy[worker.id] += 1
         try:
             yield worker
         finally:
             async with self._changed:
-                self.busy[worker.socket] -= 1
-                if worker.socket in self.workers:
-                    self.last_used[worker.socket] = time.monotonic()
+                self.busy[worker.id] -= 1
+                if worker.id in self.workers:
+                    self.last_used[worker.id] = time.monotonic()
                 self._changed.notify()
 
 
@@ -257,21 +259,21 @@ class Deployments:
 
     def _drop_dead(self, pool: Pool) -> None:
         for worker in list(pool.workers.values()):
-            if not worker.socket.exists() or not self.runtime.alive(worker):  # a stopped worker loses its socket
+            if not self.runtime.alive(worker):
                 pool.discard(worker)
 
     async def _adopt_live(self, pool: Pool) -> None:
         """Workers the database knows as ready (started before a restart, say) join the pool."""
         for worker in await run_in_threadpool(self._live_workers, pool.deployment_id):
-            if worker.socket not in pool.workers:
+            if worker.id not in pool.workers:
                 await pool.add(worker)
 
     def _record_worker(self, deployment_id: int, handle: WorkerHandle, state: str) -> None:
         with self.context.sessions() as db:
-            worker = db.scalar(select(Worker).where(Worker.deployment_id == deployment_id, Worker.pid == handle.pid,
-                                                    Worker.socket == str(handle.socket)))
+            worker = db.scalar(select(Worker).where(Worker.deployment_id == deployment_id, Worker.handle == handle.id,
+                                                    Worker.endpoint == handle.endpoint))
             if worker is None:
-                worker = Worker(deployment_id=deployment_id, socket=str(handle.socket), pid=handle.pid)
+                worker = Worker(deployment_id=deployment_id, handle=handle.id, endpoint=handle.endpoint)
                 db.add(worker)
             worker.state = state
             if state in ("stopped", "crashed"):
@@ -386,8 +388,16 @@ class Deployments:
             rows = [(handle_of(worker), deployment.repository_id, deployment.digest)
                     for worker, deployment in db.execute(query)]
         for handle, repository_id, digest in rows:
-            added += self.journals.collect(handle, repository_id, digest)
+            added += self._collect(handle, repository_id, digest)
         return added
+
+    def _collect(self, worker: WorkerHandle, repository_id: int, digest: str) -> int:
+        """One worker's new runs; whatever goes wrong with it is logged and costs only its own runs."""
+        try:
+            return self.journals.collect(worker, repository_id, digest)
+        except Exception:  # noqa: BLE001 - the next worker, and the reaper's round, must go on
+            logger.exception("the runs of worker %s could not be collected", worker.id)
+            return 0
 
     async def _launch(self, deployment_id: int, version: Version) -> WorkerHandle:
         """Build if needed, start one worker and wait until it is ready; it joins the version's pool."""
@@ -438,24 +448,23 @@ class Deployments:
             await run_in_threadpool(self._update, pool.deployment_id, desired_replicas=len(pool.workers))
 
     async def _wait_ready(self, handle: WorkerHandle) -> None:
-        """Until the worker's model has loaded. Its socket is polled for (a file check, which costs the
-        worker nothing); then one ``/healthz?wait`` at a time answers the moment the model is ready."""
+        """Until the worker's model has loaded: one ``/healthz?wait`` at a time answers the moment the model
+        is ready. (A local worker's socket listens before the worker starts: the first call waits for it.)"""
         async with worker_client(handle, timeout=HEALTH_WAIT_SECONDS + 5) as client:
             while True:
                 if not self.runtime.alive(handle):
                     raise DeploymentFailed(f"the model server exited while starting:\n"
                                            f"{self.runtime.logs(handle, LOG_LINES_ON_FAILURE)}")
-                if handle.socket.exists():
-                    try:
-                        async with client.get("/healthz", params={"wait": HEALTH_WAIT_SECONDS}) as response:
-                            if response.status == 200:
-                                return
-                            health = await response.json()
-                        if health.get("status") == "failed":
-                            raise DeploymentFailed(f"the model failed to load: {health.get('error')}")
-                        continue  # still loading: ask again (after checking it is alive)
-                    except (aiohttp.ClientError, TimeoutError):  # not listening yet, or it died meanwhile
-                        pass
+                try:
+                    async with client.get("/healthz", params={"wait": HEALTH_WAIT_SECONDS}) as response:
+                        if response.status == 200:
+                            return
+                        health = await response.json(content_type=None)
+                    if isinstance(health, dict) and health.get("status") == "failed":
+                        raise DeploymentFailed(f"the model failed to load: {str(health.get('error'))[:2000]}")
+                    continue  # still loading: ask again (after checking it is alive)
+                except (aiohttp.ClientError, TimeoutError, ValueError):  # not listening yet, or it died meanwhile
+                    pass
                 await asyncio.sleep(SOCKET_POLL_SECONDS)
 
     async def shrink_idle(self) -> None:
@@ -463,13 +472,13 @@ class Deployments:
         now = time.monotonic()
         for pool in list(self._pools.values()):
             keep = max(1, pool.scaling.min)
-            for socket, worker in list(pool.workers.items())[keep:]:
-                if pool.busy[socket] == 0 and now - pool.last_used[socket] > pool.scaling.idle_timeout:
+            for worker_id, worker in list(pool.workers.items())[keep:]:
+                if pool.busy[worker_id] == 0 and now - pool.last_used[worker_id] > pool.scaling.idle_timeout:
                     pool.discard(worker)
                     await run_in_threadpool(self._retire, pool, worker)
 
     def _retire(self, pool: Pool, worker: WorkerHandle) -> None:
-        self.journals.collect(worker, pool.repository_id, pool.digest)
+        self._collect(worker, pool.repository_id, pool.digest)
         self.runtime.stop(worker)
         self._record_worker(pool.deployment_id, worker, "stopped")
         self._update(pool.deployment_id, desired_replicas=len(pool.workers))
@@ -492,7 +501,7 @@ class Deployments:
                 for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment.id,
                                                               Worker.state.in_(("starting", "ready")))):
                     handle = handle_of(worker)
-                    self.journals.collect(handle, deployment.repository_id, deployment.digest)
+                    self._collect(handle, deployment.repository_id, deployment.digest)
                     self.runtime.stop(handle)
                     worker.state, worker.stopped_at = "stopped", utcnow()
                 deployment.state, deployment.desired_replicas = "sleeping", 0
@@ -544,7 +553,7 @@ class Deployments:
                     continue
                 log = self.runtime.logs(handle_of(dead[-1]), LOG_LINES_ON_FAILURE)
                 for worker in dead:
-                    self.journals.collect(handle_of(worker), deployment.repository_id, deployment.digest)
+                    self._collect(handle_of(worker), deployment.repository_id, deployment.digest)
                     self.runtime.stop(handle_of(worker))
                     worker.state, worker.stopped_at = "crashed", utcnow()
                 if len(dead) < len(workers):  # the others serve on; more start again under load

@@ -15,10 +15,11 @@ gets a 503 with ``Retry-After`` at once.
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -44,7 +45,7 @@ from modelhall.registry.deployments import (
     Version,
     worker_client,
 )
-from modelhall.registry.runs import new_run_id
+from modelhall.registry.runs import RunTicket, new_run_id
 
 router = APIRouter()
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -118,16 +119,19 @@ def recorded_caller(db: Session, principal: Principal, version: Version) -> tupl
     return share.caller, share.link_id
 
 
-def run_headers(caller: str | None, cold: bool, run_id: str | None = None) -> dict[str, str]:
-    """What the worker journals about a run: who asked (never more than a name) and whether it woke the model."""
-    headers = {"x-modelhall-caller": caller or "", "x-modelhall-cold": "1" if cold else "0"}
-    if run_id:
-        headers["x-modelhall-run"] = run_id
-    return headers
+def run_headers(request_or_app: Request | FastAPI, version: Version, source: str, caller: str | None, cold: bool,
+                run_id: str | None = None) -> dict[str, str]:
+    """The signed ticket the worker journals a run with: which run, who asked (never more than a
+    name), for which version and whether it woke the model. The worker cannot change any of it."""
+    app = request_or_app.app if isinstance(request_or_app, Request) else request_or_app
+    ticket = RunTicket(run=run_id or new_run_id(), repository_id=version.repository.id, digest=version.digest,
+                       source=source, caller=caller, cold=cold)
+    return {"x-modelhall-context": app.state.deployments.journals.tickets.issue(ticket)}
 
 
 def _forward_headers(request: Request, extra: dict[str, str]) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | FORWARDED}
+    headers = {k: v for k, v in request.headers.items()
+               if k.lower() not in HOP_BY_HOP | FORWARDED and not k.lower().startswith("x-modelhall-")}
     headers["x-forwarded-host"] = request.headers.get("host", request.url.netloc)
     headers["x-forwarded-proto"] = request.url.scheme
     headers["x-forwarded-for"] = request.client.host if request.client else ""
@@ -135,15 +139,15 @@ def _forward_headers(request: Request, extra: dict[str, str]) -> dict[str, str]:
 
 
 class WorkerClients:
-    """One keep-alive HTTP client per worker socket, closed with the app."""
+    """One keep-alive HTTP client per worker, closed with the app."""
 
     def __init__(self) -> None:
-        self._clients: dict[Path, aiohttp.ClientSession] = {}
+        self._clients: dict[str, aiohttp.ClientSession] = {}
 
     def get(self, worker: WorkerHandle) -> aiohttp.ClientSession:
-        client = self._clients.get(worker.socket)
+        client = self._clients.get(worker.endpoint)
         if client is None:
-            client = self._clients[worker.socket] = worker_client(worker)
+            client = self._clients[worker.endpoint] = worker_client(worker)
         return client
 
     async def close(self) -> None:
@@ -210,8 +214,15 @@ def _is_prediction(request: Request, path: str, run_id: str | None) -> bool:
     return run_id is not None or (request.method == "POST" and path.endswith("queue/join"))
 
 
+def _is_internal(path: str) -> bool:
+    """A path of the worker's own API for the registry (its journal), which no caller reaches."""
+    return posixpath.normpath("/" + unquote(path)).startswith("/_internal")
+
+
 async def serve_version(request: Request, version: Version, path: str, db: Session, principal: Principal,
                         run_id: str | None = None) -> Response:
+    if _is_internal(path):
+        return JSONResponse({"detail": "not found"}, status_code=404)
     caller, link_id = recorded_caller(db, principal, version)
     if link_id is not None and _is_prediction(request, path, run_id):
         try:
@@ -236,7 +247,7 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
     after = None
     if run_id:  # an API prediction: restart the idle clock, and put it in the run history once answered
         after = BackgroundTask(_after_prediction, get_deployments(request), awake.deployment_id)
-    headers = run_headers(caller, awake.cold, run_id)
+    headers = run_headers(request, version, "api" if run_id else "demo", caller, awake.cold, run_id)
     if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself, in one process
         primary = awake.pool.primary
         return await proxy(request, primary, path, headers) if primary else worker_gone()
@@ -311,7 +322,8 @@ def deployment_status(owner: str, name_ref: str, request: Request, db: Session =
         "build_status": deployment.build_status, "build_error": deployment.build_error,
         "environment": deployment.environment,
         "last_request_at": last_request.isoformat() if last_request else None,
-        "workers": [{"pid": w.pid, "state": w.state, "started_at": w.started_at.isoformat()} for w in workers],
+        "workers": [{"id": w.handle, "state": w.state, "started_at": w.started_at.isoformat(),
+                     **({"journal_error": w.journal_error} if w.journal_error else {})} for w in workers],
     })
 
 
@@ -328,7 +340,7 @@ async def execute_async_run(app: FastAPI, run_id: str, repository: Repository, d
     try:
         async with deployments.slot(version, awake) as worker:
             async with app.state.worker_clients.get(worker).post(
-                    "/predict", json={"inputs": inputs}, headers=run_headers(caller, awake.cold, run_id)) as response:
+                    "/predict", json={"inputs": inputs}, headers=run_headers(app, version, "async", caller, awake.cold, run_id)) as response:
                 status, text = response.status, await response.text()
     except Overloaded as error:
         return "failed", None, str(error), None

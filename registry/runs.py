@@ -1,21 +1,38 @@
 """Run history: every prediction, whichever way it came, recorded with what the viewer may see.
 
-Workers write one JSON line per prediction to their run journal; :func:`collect` copies
-new lines into the ``runs`` table (small values inline, files into the blob store by
-digest), once per run id. Async runs are rows first (``queued``) and are carried out by
-:class:`AsyncRunner`, which also picks up queued runs left by a registry that stopped.
+Each prediction the gateway sends to a worker carries a :class:`RunTicket`, signed by the
+registry: which run it is, who asked, for which version, and whether it woke the model. The
+worker keeps a journal of its predictions, each with the ticket it came with, and serves it
+over its own API (``GET /_internal/journal?after=N``, files by id). :class:`JournalReader`
+reads it with a cursor, bounded and with timeouts, checks every entry against a schema and
+its ticket, and records it in the ``runs`` table, files in the blob store. What the worker
+says about a run is taken only where it is the worker's to say (inputs as the model read
+them, outputs, error, duration); the rest comes from the ticket. A worker that answers
+garbage, or nothing, costs only its own runs: the entries are refused, the reason is noted
+on the worker, and the others are read on.
+
+Async runs are rows first (``queued``) and are carried out by :class:`AsyncRunner`, which
+also picks up queued runs left by a registry that stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import logging
+import time
 import uuid
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
+import httpx
+from itsdangerous import BadSignature, URLSafeSerializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from modelhall.adapters.runtimes.base import Runtime, WorkerHandle
@@ -23,10 +40,262 @@ from modelhall.adapters.storage import BlobStore
 from modelhall.bundle.digests import digest_bytes
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.catalog import count_runs
-from modelhall.registry.db.models import Manifest, Repository, Run, utcnow
+from modelhall.registry.db.models import Manifest, Repository, Run, RunFile, Worker, utcnow
 
+logger = logging.getLogger(__name__)
 LOG_LINES = 20
 MAX_STORED_FILE = 64 * 1024 * 1024
+MAX_JOURNAL_PAGE_BYTES = 8 * 1024 * 1024
+MAX_ENTRY_VALUES_BYTES = 256 * 1024
+MAX_ERROR_CHARACTERS = 4000
+MAX_FILES_PER_RUN = 32
+JOURNAL_PAGE = 200
+WORKER_CALL_SECONDS = 5.0  # each call to a worker: connect, and between two chunks of its answer
+WORKER_ROUND_SECONDS = 30.0  # all of one worker's calls in one collection
+TICKET_MAX_AGE_SECONDS = 24 * 3600
+INTERNAL_HEADERS = {"x-modelhall-internal": "1"}
+
+
+@dataclass(frozen=True)
+class RunTicket:
+    """What the registry says about one prediction; the worker hands it back with the run, unread."""
+
+    run: str
+    repository_id: int
+    digest: str
+    source: str  # api|demo|async
+    caller: str | None
+    cold: bool
+    at: float = field(default_factory=time.time)  # when the request came, in seconds (and their fractions)
+
+
+class RunTickets:
+    """Signs and checks :class:`RunTicket` s with the registry's key (shared by every replica)."""
+
+    def __init__(self, signing_key: str):
+        self._serializer = URLSafeSerializer(signing_key, salt="modelhall-run-ticket")
+
+    def issue(self, ticket: RunTicket) -> str:
+        return self._serializer.dumps(asdict(ticket))
+
+    def check(self, signed: str) -> tuple[RunTicket, datetime]:
+        """The ticket and when it was issued (when the request came); ``ValueError`` if forged or stale."""
+        try:
+            ticket = RunTicket(**self._serializer.loads(signed))
+        except (BadSignature, TypeError) as error:
+            raise ValueError("its run ticket is not one the registry issued") from error
+        if not time.time() - TICKET_MAX_AGE_SECONDS < ticket.at <= time.time():
+            raise ValueError("its run ticket has expired")
+        return ticket, datetime.fromtimestamp(ticket.at, UTC)
+
+
+class JournalFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field(pattern=r"^[0-9a-f]{32}$")
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\\x00]+$")
+    size: int | None = Field(default=None, ge=0)
+
+
+class JournalEntry(BaseModel):
+    """One line of a worker's journal, as the registry accepts it."""
+
+    model_config = ConfigDict(extra="ignore")
+    seq: int = Field(ge=1)
+    context: str = Field(max_length=4096)
+    status: Literal["succeeded", "failed"]
+    error: str | None = None
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None
+    duration_ms: float = Field(ge=0, le=7 * 24 * 3600 * 1000)
+    finished_at: float
+
+
+class JournalRefused(ValueError):
+    """A worker's journal answer that the registry does not take (the reason is ours, never its text)."""
+
+
+class JournalReader:
+    """Reads each worker's journal from its cursor (kept with the worker in the database)."""
+
+    def __init__(self, context: RegistryContext, runtime: Runtime):
+        self.context = context
+        self.runtime = runtime
+        self.tickets = RunTickets(context.settings.signing_key)
+
+    def collect(self, worker: WorkerHandle, repository_id: int, digest: str) -> int:
+        """Record the runs the worker journaled since the last call; returns how many were new.
+
+        Never raises for what the worker does: a worker that is gone, slow, or answers
+        garbage has the reason noted on its row, and the caller goes on with the next one."""
+        with self.context.sessions() as db:
+            row = db.scalar(select(Worker).where(Worker.handle == worker.id, Worker.endpoint == worker.endpoint))
+            if row is None:
+                return 0
+            cursor, row_id = row.journal_cursor, row.id
+        deadline = time.monotonic() + WORKER_ROUND_SECONDS
+        added, problems = 0, []
+        try:
+            with worker_http(worker) as client:
+                while time.monotonic() < deadline:
+                    page = self._page(client, cursor, deadline)
+                    if not page:
+                        break
+                    new, cursor, refused = self._record(client, page, cursor, repository_id, digest, row_id, deadline)
+                    added += new
+                    problems += refused
+                    if len(page) < JOURNAL_PAGE:
+                        break
+        except (httpx.HTTPError, JournalRefused) as error:
+            problems.append(_worker_problem(error))
+        if problems:
+            logger.warning("the journal of worker %s: %s", worker.id, "; ".join(problems[:5]))
+            with self.context.sessions() as db:
+                db.execute(update(Worker).where(Worker.id == row_id).values(journal_error="; ".join(problems[:5])))
+                db.commit()
+        return added
+
+    @staticmethod
+    def _page(client: httpx.Client, after: int, deadline: float) -> list[Any]:
+        body = _bounded_get(client, "/_internal/journal", {"after": after, "limit": JOURNAL_PAGE},
+                            MAX_JOURNAL_PAGE_BYTES, deadline)
+        try:
+            entries = json.loads(body)["entries"]
+        except (ValueError, TypeError, KeyError) as error:
+            raise JournalRefused("its journal is not the JSON the worker API defines") from error
+        if not isinstance(entries, list):
+            raise JournalRefused("its journal is not the JSON the worker API defines")
+        return entries[:JOURNAL_PAGE]
+
+    def _record(self, client: httpx.Client, page: list[Any], cursor: int, repository_id: int, digest: str,
+                worker_row: int, deadline: float) -> tuple[int, int, list[str]]:
+        """Record one page of entries; returns (runs added, the new cursor, why entries were refused)."""
+        added, refused = 0, []
+        logs = None
+        with self.context.sessions() as db:
+            for raw in page:
+                try:
+                    entry = JournalEntry.model_validate(raw)
+                    if entry.seq <= cursor:
+                        raise JournalRefused("entry numbers must grow")
+                    ticket, issued = self._ticket(entry, repository_id, digest)
+                except (ValidationError, JournalRefused, ValueError) as error:
+                    refused.append(_entry_problem(raw, error))
+                    cursor = max(cursor, raw.get("seq", cursor) if isinstance(raw, dict) and
+                                 isinstance(raw.get("seq"), int) else cursor)
+                    continue
+                cursor = entry.seq
+                if db.get(Run, ticket.run) is not None:
+                    continue
+                if logs is None:
+                    logs = self.runtime.logs(_handle_of(db, worker_row), LOG_LINES)
+                stored: set[str] = set()
+                files = _Files(client, self.context.store, stored, deadline)
+                db.add(Run(
+                    id=ticket.run, repository_id=repository_id, digest=digest, source=ticket.source,
+                    caller=ticket.caller, status=entry.status, cold=ticket.cold,
+                    error=None if entry.error is None else entry.error[:MAX_ERROR_CHARACTERS],
+                    inputs=files.store_all(entry.inputs),
+                    outputs=None if entry.outputs is None else files.store_all(entry.outputs),
+                    duration_ms=entry.duration_ms, logs=logs, created_at=issued,
+                    finished_at=_finished_at(entry.finished_at, issued),
+                ))
+                db.flush()
+                db.add_all(RunFile(run_id=ticket.run, digest=d) for d in stored)
+                added += 1
+            count_runs(db, repository_id, added)
+            db.execute(update(Worker).where(Worker.id == worker_row).values(journal_cursor=cursor))
+            db.commit()
+        return added, cursor, refused
+
+    def _ticket(self, entry: JournalEntry, repository_id: int, digest: str) -> tuple[RunTicket, datetime]:
+        ticket, issued = self.tickets.check(entry.context)
+        if (ticket.repository_id, ticket.digest) != (repository_id, digest):
+            raise JournalRefused("its run ticket is for another version")
+        size = len(json.dumps([entry.inputs, entry.outputs], default=str))
+        if size > MAX_ENTRY_VALUES_BYTES:
+            raise JournalRefused(f"its inputs and outputs take {size} bytes, over {MAX_ENTRY_VALUES_BYTES}")
+        return ticket, issued
+
+
+class _Files:
+    """Moves the files an entry names (by the worker's ids) into the blob store, each fetched from
+    the worker with a size cap; anything else in the values stays as the JSON it is."""
+
+    def __init__(self, client: httpx.Client, store: BlobStore, stored: set[str], deadline: float):
+        self.client, self.store, self.stored, self.deadline = client, store, stored, deadline
+
+    def store_all(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {name: self._store(value) for name, value in values.items()}
+
+    def _store(self, value: Any) -> Any:
+        if not (isinstance(value, dict) and "file" in value):
+            return value
+        try:
+            named = JournalFile.model_validate(value)
+        except ValidationError:
+            return {"missing": True, "reason": "the worker named a file in a way the registry does not take"}
+        if len(self.stored) >= MAX_FILES_PER_RUN:
+            return {"name": named.name, "missing": True, "reason": f"a run keeps at most {MAX_FILES_PER_RUN} files"}
+        try:
+            data = _bounded_get(self.client, f"/_internal/journal/files/{named.file}", None, MAX_STORED_FILE,
+                                self.deadline)
+        except (httpx.HTTPError, JournalRefused) as error:
+            return {"name": named.name, "size": named.size, "missing": True, "reason": _worker_problem(error)}
+        record = store_file(self.store, data, named.name)
+        self.stored.add(record["digest"])
+        return record
+
+
+def worker_http(worker: WorkerHandle) -> httpx.Client:
+    """A client for the registry's own calls to a worker (its journal): no redirects, no proxies
+    from the environment, a timeout on every call."""
+    socket = worker.unix_socket
+    return httpx.Client(base_url="http://worker" if socket else worker.endpoint, headers=INTERNAL_HEADERS,
+                        transport=httpx.HTTPTransport(uds=socket) if socket else None, trust_env=False,
+                        follow_redirects=False, timeout=httpx.Timeout(WORKER_CALL_SECONDS))
+
+
+def _bounded_get(client: httpx.Client, path: str, params: dict[str, Any] | None, limit: int, deadline: float) -> bytes:
+    """A worker's answer, read up to ``limit`` bytes and until ``deadline``: a worker that sends
+    more, or trickles, is cut off instead of holding the registry."""
+    with client.stream("GET", path, params=params) as response:
+        if response.status_code != 200:
+            raise JournalRefused(f"{path.split('/')[2]} answered {response.status_code}")
+        chunks, size = [], 0
+        for chunk in response.iter_raw():
+            size += len(chunk)
+            if size > limit:
+                raise JournalRefused(f"its answer passed {limit} bytes")
+            if time.monotonic() > deadline:
+                raise JournalRefused(f"it took longer than {WORKER_ROUND_SECONDS:g} s")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _finished_at(claimed: float, issued: datetime) -> datetime:
+    """When the worker says the run ended, held between when the request came and now."""
+    now = time.time()
+    return datetime.fromtimestamp(min(max(claimed, issued.timestamp()), now), UTC)
+
+
+def _handle_of(db: Session, worker_row: int) -> WorkerHandle:
+    worker = db.get(Worker, worker_row)
+    assert worker is not None
+    return WorkerHandle(worker.handle, worker.endpoint)
+
+
+def _worker_problem(error: Exception) -> str:
+    if isinstance(error, JournalRefused):
+        return str(error)
+    return f"it did not answer ({type(error).__name__})"
+
+
+def _entry_problem(raw: Any, error: Exception) -> str:
+    seq = raw.get("seq") if isinstance(raw, dict) and isinstance(raw.get("seq"), int) else "?"
+    if isinstance(error, ValidationError):
+        fields = sorted({".".join(str(part) for part in problem["loc"]) for problem in error.errors()})
+        return f"entry {seq} refused: {', '.join(fields[:5])} not as the schema says"
+    return f"entry {seq} refused: {error}"
 
 
 def store_file(store: BlobStore, data: bytes, name: str) -> dict[str, Any]:
@@ -36,89 +305,43 @@ def store_file(store: BlobStore, data: bytes, name: str) -> dict[str, Any]:
     return {"digest": digest, "name": name, "size": len(data)}
 
 
-class JournalReader:
-    """Reads each worker's journal from where it stopped last time (from the start after a restart)."""
-
-    def __init__(self, context: RegistryContext, runtime: Runtime):
-        self.context = context
-        self.runtime = runtime
-        self._offsets: dict[str, int] = {}
-
-    def collect(self, worker: WorkerHandle, repository_id: int, digest: str) -> int:
-        """Record the runs the worker journaled since the last call; returns how many were new."""
-        journal = self.runtime.journal(worker)
-        if not journal.exists():
-            return 0
-        offset = self._offsets.get(str(journal), 0)
-        with journal.open("rb") as lines:
-            lines.seek(offset)
-            chunk = lines.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
-        self._offsets[str(journal)] = offset + len(complete)
-        entries = [json.loads(line) for line in complete.splitlines() if line.strip()]
-        if not entries:
-            return 0
-        logs = self.runtime.logs(worker, LOG_LINES)
-        added = 0
-        with self.context.sessions() as db:
-            for entry in entries:
-                if db.get(Run, entry["id"]) is not None:
-                    continue
-                db.add(Run(
-                    id=entry["id"], repository_id=repository_id, digest=digest, source=entry["source"],
-                    caller=entry["caller"], status=entry["status"], cold=entry["cold"], error=entry["error"],
-                    inputs=self._files(worker, entry["inputs"]),
-                    outputs=None if entry["outputs"] is None else self._files(worker, entry["outputs"]),
-                    duration_ms=entry["duration_ms"], logs=logs,
-                    finished_at=datetime.fromtimestamp(entry["finished_at"], UTC),
-                ))
-                added += 1
-            count_runs(db, repository_id, added)
-            db.commit()
-        return added
-
-    def _files(self, worker: WorkerHandle, values: dict[str, Any]) -> dict[str, Any]:
-        stored = {}
-        for name, value in values.items():
-            if isinstance(value, dict) and "file" in value:
-                path = self.runtime.worker_file(worker, value["file"])
-                if path.is_file() and path.stat().st_size <= MAX_STORED_FILE:
-                    value = store_file(self.context.store, path.read_bytes(), value["name"])
-                else:
-                    value = {"name": value["name"], "size": value.get("size"), "missing": True}
-            stored[name] = value
-        return stored
-
-
-def file_inputs_as_json(store: BlobStore, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Stored inputs back into a predict request: files as base64 again."""
+def file_inputs_as_json(store: BlobStore, inputs: dict[str, Any], stored: set[str]) -> dict[str, Any]:
+    """Stored inputs back into a predict request: the files the platform ``stored`` for the run as
+    base64 again. Any other value, one that names a digest included, goes to the model as it is."""
     request = {}
     for name, value in inputs.items():
-        if isinstance(value, dict) and "digest" in value:
+        if isinstance(value, dict) and value.get("digest") in stored:
             value = {"data": base64.b64encode(b"".join(store.read(value["digest"]))).decode(), "name": value["name"]}
         request[name] = value
     return request
 
 
-def stored_outputs(store: BlobStore, outputs: dict[str, Any]) -> dict[str, Any]:
-    """A predict response's outputs with base64 files moved into the blob store."""
-    kept = {}
+def stored_outputs(store: BlobStore, outputs: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """A predict response's outputs with base64 files moved into the blob store, and their digests."""
+    kept, stored = {}, set()
     for name, value in outputs.items():
         if isinstance(value, dict) and {"data", "name", "mime_type"} <= set(value):
             value = {**store_file(store, base64.b64decode(value["data"]), value["name"]),
                      "mime_type": value["mime_type"]}
+            stored.add(value["digest"])
         kept[name] = value
-    return kept
+    return kept, stored
 
 
-def stored_inputs(store: BlobStore, inputs: dict[str, Any]) -> dict[str, Any]:
-    """An async run's request inputs with base64 files moved into the blob store."""
-    kept = {}
+def stored_inputs(store: BlobStore, inputs: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """An async run's request inputs with base64 files moved into the blob store, and their digests."""
+    kept, stored = {}, set()
     for name, value in inputs.items():
         if isinstance(value, dict) and isinstance(value.get("data"), str):
             value = store_file(store, base64.b64decode(value["data"]), value.get("name") or name)
+            stored.add(value["digest"])
         kept[name] = value
-    return kept
+    return kept, stored
+
+
+def recorded_files(db: Session, run_id: str) -> set[str]:
+    """The digests the platform stored for a run: the only files of it that may be served or replayed."""
+    return set(db.scalars(select(RunFile.digest).where(RunFile.run_id == run_id)))
 
 
 class AsyncRunner:
@@ -145,7 +368,9 @@ class AsyncRunner:
             run = db.get(Run, run_id)
             assert run is not None
             run.status, run.error, run.duration_ms, run.finished_at = status, error, duration_ms, utcnow()
-            run.outputs = None if outputs is None else stored_outputs(self.context.store, outputs)
+            if outputs is not None:
+                run.outputs, stored = stored_outputs(self.context.store, outputs)
+                db.add_all(RunFile(run_id=run_id, digest=d) for d in stored - recorded_files(db, run_id))
             db.commit()
 
     def _version(self, run: Run) -> tuple[Repository, dict[str, Any]]:
@@ -156,6 +381,10 @@ class AsyncRunner:
             assert repository is not None and manifest is not None
             return repository, manifest.spec or {}
 
+    def _request(self, run: Run) -> dict[str, Any]:
+        with self.context.sessions() as db:
+            return file_inputs_as_json(self.context.store, run.inputs, recorded_files(db, run.id))
+
     async def run_forever(self) -> None:
         while True:
             run = await run_in_threadpool(self._claim)
@@ -163,7 +392,7 @@ class AsyncRunner:
                 await asyncio.sleep(self.poll_seconds)
                 continue
             repository, spec = await run_in_threadpool(self._version, run)
-            request = await run_in_threadpool(file_inputs_as_json, self.context.store, run.inputs)
+            request = await run_in_threadpool(self._request, run)
             status, outputs, error, duration = await self.execute(run.id, repository, run.digest, spec, request,
                                                                   run.caller)
             await run_in_threadpool(self._finish, run.id, status, outputs, error, duration)

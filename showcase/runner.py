@@ -7,13 +7,12 @@ background thread, so the server answers at once), then ``ready`` or ``failed``.
 from __future__ import annotations
 
 import enum
-import json
-import os
 import shutil
 import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,60 +46,78 @@ class Prediction:
 
 @dataclass(frozen=True)
 class RunContext:
-    """Who asked and how, as the gateway tells the worker (``X-Modelhall-*`` headers)."""
+    """How a call came (``api`` or ``demo``) and the gateway's signed ticket for it
+    (``X-Modelhall-Context``), which the journal carries back unread: who asked, which run
+    and whether it woke the model are the registry's to say, not the worker's."""
 
-    run_id: str | None = None
-    caller: str | None = None
+    ticket: str | None = None
     source: str = "api"
-    cold: bool | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], source: str) -> RunContext:
-        cold = headers.get("x-modelhall-cold")
-        return cls(run_id=headers.get("x-modelhall-run"), caller=headers.get("x-modelhall-caller") or None,
-                   source=source, cold=None if cold is None else cold == "1")
+        return cls(ticket=headers.get("x-modelhall-context") or None, source=source)
+
+
+JOURNAL_KEPT = 1000
+MAX_INLINE_TEXT = 2000
 
 
 class RunJournal:
-    """Appends one JSON line per prediction for the registry to collect into its run history.
+    """The worker's last predictions, numbered, for the registry to read over the worker's API
+    (``GET /_internal/journal?after=N``). Files are named by ids the journal hands out, and served
+    by id; the registry never learns a path. Kept in memory: runs of a worker that dies before the
+    registry read them are lost with it."""
 
-    Files are named by their path here; the registry copies them into its blob store.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, kept: int = JOURNAL_KEPT):
+        self._entries: deque[dict[str, Any]] = deque(maxlen=kept)
+        self._files: dict[str, Path] = {}
+        self._next = 1
         self._lock = threading.Lock()
 
     def record(self, context: RunContext, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None,
                error: str | None, seconds: float, workdir: Path) -> None:
+        files: dict[str, Path] = {}
         entry = {
-            "id": context.run_id or str(uuid.uuid4()), "source": context.source, "caller": context.caller,
-            "cold": context.cold, "status": "failed" if error else "succeeded", "error": error,
-            "inputs": {name: _journal_value(value, workdir, name) for name, value in inputs.items()},
-            "outputs": None if outputs is None else {n: _journal_value(v, workdir, n) for n, v in outputs.items()},
+            "context": context.ticket, "source": context.source, "status": "failed" if error else "succeeded",
+            "error": error,
+            "inputs": {name: self._value(value, workdir, name, files) for name, value in inputs.items()},
+            "outputs": None if outputs is None else {n: self._value(v, workdir, n, files) for n, v in outputs.items()},
             "duration_ms": round(seconds * 1000, 3), "finished_at": time.time(),
         }
-        line = json.dumps(entry, default=str) + "\n"
-        with self._lock, self.path.open("a") as journal:
-            journal.write(line)
+        with self._lock:
+            if len(self._entries) == self._entries.maxlen:
+                for file_id in self._entries[0]["files"]:
+                    self._files.pop(file_id, None)
+            entry["seq"], self._next = self._next, self._next + 1
+            entry["files"] = list(files)
+            self._entries.append(entry)
+            self._files.update(files)
 
+    def read(self, after: int, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` entries numbered above ``after``, oldest first."""
+        with self._lock:
+            return [{k: v for k, v in e.items() if k != "files"} for e in self._entries if e["seq"] > after][:limit]
 
-MAX_INLINE_TEXT = 2000
+    def file(self, file_id: str) -> Path | None:
+        with self._lock:
+            return self._files.get(file_id)
 
-
-def _journal_value(value: Any, workdir: Path, name: str) -> Any:
-    if isinstance(value, Image.Image):
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / f"{name}.png"
-        value.save(path)
-        value = path
-    if isinstance(value, Path):
-        return {"file": str(value), "name": value.name, "size": value.stat().st_size if value.exists() else None}
-    if isinstance(value, str) and len(value) > MAX_INLINE_TEXT:
-        return {"omitted": f"{len(value)} characters"}
-    if isinstance(value, (Upload, bytes)) or isinstance(value, dict) and "data" in value:
-        return {"omitted": "a file that was refused"}
-    return value
+    @staticmethod
+    def _value(value: Any, workdir: Path, name: str, files: dict[str, Path]) -> Any:
+        if isinstance(value, Image.Image):
+            workdir.mkdir(parents=True, exist_ok=True)
+            path = workdir / f"{name}.png"
+            value.save(path)
+            value = path
+        if isinstance(value, Path):
+            file_id = uuid.uuid4().hex
+            files[file_id] = value
+            return {"file": file_id, "name": value.name, "size": value.stat().st_size if value.exists() else None}
+        if isinstance(value, str) and len(value) > MAX_INLINE_TEXT:
+            return {"omitted": f"{len(value)} characters"}
+        if isinstance(value, (Upload, bytes)) or isinstance(value, dict) and "data" in value:
+            return {"omitted": "a file that was refused"}
+        return value
 
 
 class Metrics:
@@ -115,13 +132,12 @@ class Metrics:
 
 
 class ModelRunner:
-    def __init__(self, spec: Spec, bundle: Path, scratch: Path, digest: str | None = None,
-                 journal: RunJournal | None = None):
+    def __init__(self, spec: Spec, bundle: Path, scratch: Path, digest: str | None = None):
         self.spec = spec
         self.bundle = bundle
         self.digest = digest
         self.scratch = scratch
-        self.journal = journal
+        self.journal = RunJournal()
         self.health = Health.STARTING
         self.error: str | None = None
         self.metrics = Metrics()
@@ -159,7 +175,7 @@ class ModelRunner:
         """Check ``raw`` against the spec, run the model, normalise what it returned.
 
         Raises ``InputError`` (the caller's fault), :class:`ModelError` (the model's) or
-        :class:`NotReadyError`. Every attempt is written to the run journal, if there is one.
+        :class:`NotReadyError`. Every attempt is written to the run journal.
         """
         if self.health is not Health.READY:
             raise NotReadyError(self.error or "the model is still loading")
@@ -188,8 +204,7 @@ class ModelRunner:
 
     def _journal(self, context: RunContext, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None,
                  error: str | None, seconds: float, workdir: Path) -> None:
-        if self.journal is not None:
-            self.journal.record(context, inputs, outputs, error, seconds, workdir / "journal")
+        self.journal.record(context, inputs, outputs, error, seconds, workdir / "journal")
 
     def _prune(self) -> None:
         """Keep the files of the last calls (the demo serves them after the call), drop older ones."""
@@ -198,11 +213,8 @@ class ModelRunner:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def open_runner(bundle: Path, digest: str | None = None, scratch: Path | None = None,
-                journal: Path | None = None) -> ModelRunner:
-    """The runner for the bundle in ``bundle``; with ``journal`` (or ``MODELHALL_RUN_JOURNAL``)
-    every prediction is also written there for the registry's run history."""
+def open_runner(bundle: Path, digest: str | None = None, scratch: Path | None = None) -> ModelRunner:
+    """The runner for the bundle in ``bundle``."""
     bundle = bundle.resolve()
     scratch = scratch or Path(tempfile.mkdtemp(prefix="modelhall-serve-"))
-    journal = journal or (Path(os.environ["MODELHALL_RUN_JOURNAL"]) if os.environ.get("MODELHALL_RUN_JOURNAL") else None)
-    return ModelRunner(load_spec_file(bundle), bundle, scratch, digest, RunJournal(journal) if journal else None)
+    return ModelRunner(load_spec_file(bundle), bundle, scratch, digest)

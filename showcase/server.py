@@ -6,6 +6,9 @@
 - ``GET /spec``: the spec and the JSON Schema of a predict request.
 - ``GET /healthz``: 200 once the model is loaded; 503 while starting or after a failed load.
 - ``GET /metrics``: Prometheus metrics.
+- ``GET /_internal/journal?after=N`` and ``GET /_internal/journal/files/{id}``: the run journal
+  and its files, for the registry only (it sends ``X-Modelhall-Internal: 1``, a header the
+  gateway never passes on from a caller, and never proxies ``/_internal``).
 
 The API answers as soon as the model is loaded: it is plain Starlette (importing FastAPI
 alone takes a third of a second), and Gradio (about two seconds to import) is imported and
@@ -35,7 +38,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, UploadFile
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -47,6 +50,7 @@ RETRY_AFTER_SECONDS = "5"
 DEMO_WAIT_SECONDS = 60.0
 DEMO_AFTER_QUIET_SECONDS = 0.5
 HEALTH_WAIT_LIMIT_SECONDS = 30.0
+INTERNAL_HEADER = "x-modelhall-internal"
 logger = logging.getLogger(__name__)
 
 
@@ -65,9 +69,10 @@ def build_demo_app(runner: ModelRunner, root_path: str | None) -> Starlette:
 
     from modelhall.showcase.demo import build_demo
 
+    # No allowed_paths: the demo's file routes serve only Gradio's own cache (what the model
+    # returned, which Gradio copies there) and what callers uploaded, never a bundle file.
     return gr.mount_gradio_app(FastAPI(), build_demo(runner, read_model_card(runner.bundle)), path="/",
-                               allowed_paths=[str(runner.bundle), str(runner.scratch)], footer_links=["api"],
-                               root_path=root_path)
+                               footer_links=["api"], root_path=root_path)
 
 
 DEMO_STARTING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="1">
@@ -266,4 +271,30 @@ def _api_routes(runner: ModelRunner, demo: LateDemo, activity: Activity, loaded:
         return Response(generate_latest(runner.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/predict", predict, methods=["POST"]), Route("/spec", get_spec), Route("/healthz", healthz),
-            Route("/metrics", metrics)]
+            Route("/metrics", metrics), *_journal_routes(runner)]
+
+
+JOURNAL_PAGE = 200
+
+
+def _journal_routes(runner: ModelRunner) -> list[Route]:
+    def internal(request: Request) -> bool:
+        return request.headers.get(INTERNAL_HEADER) == "1"
+
+    def journal(request: Request) -> Response:
+        if not internal(request):
+            return _error(404, "not found")
+        try:
+            after = int(request.query_params.get("after", 0))
+            limit = min(int(request.query_params.get("limit", JOURNAL_PAGE)), JOURNAL_PAGE)
+        except ValueError:
+            return _error(422, "after and limit must be integers")
+        return JSONResponse({"entries": runner.journal.read(after, limit)})
+
+    def journal_file(request: Request) -> Response:
+        path = runner.journal.file(request.path_params["file_id"]) if internal(request) else None
+        if path is None or not path.is_file():
+            return _error(404, "no such file")
+        return FileResponse(path)
+
+    return [Route("/_internal/journal", journal), Route("/_internal/journal/files/{file_id}", journal_file)]

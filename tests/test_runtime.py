@@ -66,6 +66,11 @@ def wait_for(condition, what: str, seconds: float = SETTLE_SECONDS) -> None:  # 
     raise AssertionError(f"{what} did not happen within {seconds} s")
 
 
+def pid_of(worker: dict) -> int:
+    """The process of a local worker: its runtime id is "<name>:<pid>" (opaque to the registry, not to this test)."""
+    return int(worker["id"].rpartition(":")[2])
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -91,13 +96,13 @@ def test_first_request_wakes_the_model_and_idle_puts_it_to_sleep(runtime_registr
     running = status(runtime_registry, repository)
     assert (running["state"], running["build_status"]) == ("running", "ready")
     [worker] = running["workers"]
-    assert pid_alive(worker["pid"])
+    assert pid_alive(pid_of(worker))
     wait_for(lambda: status(runtime_registry, repository)["state"] == "sleeping", "scaling to zero")
-    wait_for(lambda: not pid_alive(worker["pid"]), "the worker process ending")
+    wait_for(lambda: not pid_alive(pid_of(worker)), "the worker process ending")
     again = predict(runtime_registry, repository, "Bo")
     assert again.json()["outputs"] == {"greeting": "Hello, Bo."}
     workers = status(runtime_registry, repository)["workers"]
-    assert [w["state"] for w in workers] == ["stopped", "ready"] and workers[1]["pid"] != worker["pid"]
+    assert [w["state"] for w in workers] == ["stopped", "ready"] and workers[1]["id"] != worker["id"]
 
 
 def test_steady_requests_keep_the_model_awake_and_its_status_shows_the_last(runtime_registry: RegistryServer,
@@ -112,7 +117,7 @@ def test_steady_requests_keep_the_model_awake_and_its_status_shows_the_last(runt
         assert predict(runtime_registry, repository, "again").status_code == 200
         time.sleep(IDLE_TIMEOUT / 4)
     awake = status(runtime_registry, repository)
-    assert awake["state"] == "running" and [w["pid"] for w in awake["workers"]] == [worker["pid"]]
+    assert awake["state"] == "running" and [w["id"] for w in awake["workers"]] == [worker["id"]]
     assert datetime.fromisoformat(awake["last_request_at"]) >= asked
     wait_for(lambda: status(runtime_registry, repository)["state"] == "sleeping", "scaling to zero once they stop")
 
@@ -213,13 +218,13 @@ def test_a_crashed_registry_adopts_its_running_workers(runtime_registry: Registr
     assert predict(runtime_registry, f"{user}/survivor", "before").status_code == 200
     [worker] = status(runtime_registry, f"{user}/survivor")["workers"]
     runtime_registry.crash()
-    assert pid_alive(worker["pid"])
+    assert pid_alive(pid_of(worker))
     runtime_registry.start()
     assert status(runtime_registry, f"{user}/survivor")["state"] == "running"
     assert predict(runtime_registry, f"{user}/survivor", "after").json()["outputs"] == {"greeting": "Hello, after."}
-    assert [w["pid"] for w in status(runtime_registry, f"{user}/survivor")["workers"]] == [worker["pid"]]
+    assert [w["id"] for w in status(runtime_registry, f"{user}/survivor")["workers"]] == [worker["id"]]
     runtime_registry.stop()
-    wait_for(lambda: not pid_alive(worker["pid"]), "a clean shutdown stopping its workers")
+    wait_for(lambda: not pid_alive(pid_of(worker)), "a clean shutdown stopping its workers")
 
 
 HOSTILE_MODEL = '''
@@ -447,7 +452,7 @@ def test_a_crashed_worker_is_restarted(runtime_registry: RegistryServer, tmp_pat
              and len(status(runtime_registry, f"{user}/phoenix")["workers"]) == 2, "the worker being restarted")
     assert [w["state"] for w in status(runtime_registry, f"{user}/phoenix")["workers"]] == ["crashed", "ready"]
     assert predict(runtime_registry, f"{user}/phoenix", "back").json()["outputs"] == {"greeting": "back"}
-    assert first["pid"] not in [w["pid"] for w in status(runtime_registry, f"{user}/phoenix")["workers"][1:]]
+    assert first["id"] not in [w["id"] for w in status(runtime_registry, f"{user}/phoenix")["workers"][1:]]
 
 
 def test_a_crash_looping_model_ends_failed_with_its_last_output(runtime_registry: RegistryServer,

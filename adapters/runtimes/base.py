@@ -6,10 +6,13 @@ database. Contract:
 
 - ``build`` is idempotent: the same bundle and requirements give the same environment.
 - ``start`` returns at once with a handle; the worker is ready when its ``/healthz`` says so.
-- ``alive`` and ``stop`` work on handles from an earlier registry process too (pid and
-  socket are enough), so a restarted registry can adopt or clean up the workers it finds.
-- A worker answers HTTP on a Unix socket, not a TCP port: a sandboxed worker has no
-  network at all, and only what can open the socket file can reach it.
+- A handle is an opaque id (the runtime's own: a process here, a pod in a cluster) and the
+  endpoint the worker answers HTTP on (``unix:/path`` here, ``http://pod-address:port`` in a
+  cluster). ``alive`` and ``stop`` work on handles from an earlier registry process too, so
+  a restarted registry can adopt or clean up the workers it finds.
+- Everything the registry learns from a worker (health, its run journal, the files of its
+  runs) comes over that endpoint, bounded and validated (``registry/runs.py``): the registry
+  never opens a path that a worker names.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ class UnschedulableError(RuntimeError):
 
 @dataclass(frozen=True)
 class WorkerHandle:
-    socket: Path
-    pid: int | None
-    log: Path | None = None
+    id: str  # opaque: only the runtime that made it reads it
+    endpoint: str  # unix:/path/to/socket or http://host:port
+
+    @property
+    def unix_socket(self) -> str | None:
+        return self.endpoint.removeprefix("unix:") if self.endpoint.startswith("unix:") else None
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,3 @@ class Runtime(Protocol):
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str: ...
 
     def build_log(self, environment: str, lines: int = 200) -> str: ...
-
-    def journal(self, worker: WorkerHandle) -> Path:
-        """Where the worker's run journal (one JSON line per prediction) can be read from here."""
-
-    def worker_file(self, worker: WorkerHandle, path: str) -> Path:
-        """A file the worker names by its own path (``/tmp/…`` in a sandbox), as a path readable here."""

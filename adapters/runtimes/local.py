@@ -7,14 +7,18 @@ environment's own. A requirement the platform already satisfies is used from the
 the others are installed, into the environment, where they win. The platform is the
 base layer, each version's own packages the increment.
 
-Workers run inside :mod:`sandbox` when bwrap is there, and answer on a Unix socket.
+Workers run inside :mod:`sandbox` when bwrap is there. Each answers HTTP on a Unix socket
+that the registry binds itself, in a directory only the registry can reach, and hands to
+the worker as an open file descriptor: a worker has no path it could replace with a link to
+another worker's socket, and no directory it shares with any other worker.
 
     <data dir>/
     ├── environments/            built by EnvironmentBuilder
     ├── uv-cache/                shared download cache
     ├── logs/<socket name>.log   each worker's stdout and stderr
     └── sandboxes/<name>/tmp/    each worker's private, writable temp dir
-    <temp dir>/modelhall-<id>/   the workers' sockets (short paths: Unix sockets allow ~100 bytes)
+    <temp dir>/modelhall-<id>/   the workers' sockets, for the registry only (short paths: Unix
+                                 sockets allow ~100 bytes)
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sysconfig
 import tempfile
@@ -57,7 +62,6 @@ def detect_gpus() -> list[str]:
 
 
 PLATFORM_PTH = "modelhall-platform.pth"
-JOURNAL = "runs.jsonl"
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -72,7 +76,7 @@ class LocalRuntime:
         self.environments = EnvironmentBuilder(self.data_dir / "environments", self.data_dir / "uv-cache",
                                                index_args=index_args)
         self.gpus = detect_gpus()
-        self._gpu_holders: dict[str, Path] = {}  # GPU id → the socket of the worker using it
+        self._gpu_holders: dict[str, WorkerHandle] = {}  # GPU id → the worker using it
 
     def build(self, bundle: Path) -> Build:
         spec = load_spec_file(bundle)
@@ -93,12 +97,12 @@ class LocalRuntime:
         platform = sysconfig.get_paths()["purelib"]
         (site_packages / PLATFORM_PTH).write_text(f"import site; site.addsitedir({platform!r})\n")
 
-    def _assign_gpus(self, spec: Spec, socket: Path) -> list[str]:
+    def _assign_gpus(self, spec: Spec, worker: WorkerHandle) -> list[str]:
         wanted = spec.resources.gpu.count
         if wanted == 0:
             return []
         for gpu, holder in list(self._gpu_holders.items()):
-            if not holder.exists():  # its worker is gone
+            if not self.alive(holder):
                 del self._gpu_holders[gpu]
         free = [gpu for gpu in self.gpus if gpu not in self._gpu_holders]
         if len(free) < wanted:
@@ -107,7 +111,7 @@ class LocalRuntime:
             raise NoGPUError(f"no GPU available: the model needs {wanted}, {len(free)} of {len(self.gpus)} are free "
                              "on this machine (set resources.gpu.cpu_fallback: true to run it on the CPU)")
         for gpu in free[:wanted]:
-            self._gpu_holders[gpu] = socket
+            self._gpu_holders[gpu] = worker
         return free[:wanted]
 
     def start(self, bundle: Path, build: Build, digest: str, root_path: str) -> WorkerHandle:
@@ -117,74 +121,97 @@ class LocalRuntime:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         private_tmp = self.sandboxes / name / "tmp"
         private_tmp.mkdir(parents=True)
-        socket = self.sockets / f"{name}.sock"
-        gpus = self._assign_gpus(spec, socket)
+        listener = self._listen(self.sockets / f"{name}.sock")
+        endpoint = f"unix:{listener.getsockname()}"
+        gpus = self._assign_gpus(spec, WorkerHandle(f"{name}:0", endpoint))
         environment = self.environments.root / build.environment
         command = [str(environment / "bin" / "python"), "-m", "modelhall.showcase.worker", str(bundle),
-                   "--uds", str(socket), "--digest", digest, "--root-path", root_path]
+                   "--fd", str(listener.fileno()), "--worker-id", name, "--digest", digest, "--root-path", root_path]
         if self.sandboxed:
             command = bwrap_command(command, readable=[bundle, environment, *platform_paths()], private_tmp=private_tmp,
-                                    writable=[self.sockets], workdir=bundle, network=spec.runtime.network,
+                                    writable=[], workdir=bundle, network=spec.runtime.network,
                                     devices=gpu_devices(gpus))
         log = self.logs_dir / f"{name}.log"
-        with log.open("ab") as out:
+        with log.open("ab") as out, listener:
             process = subprocess.Popen(
                 command, cwd=bundle, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives a registry restart, which adopts it again
+                pass_fds=(listener.fileno(),),
                 preexec_fn=limits(spec.resources.memory, spec.resources.cpu),
                 env={**self._environment(spec, private_tmp), "CUDA_VISIBLE_DEVICES": ",".join(gpus)},
             )
-        return WorkerHandle(socket=socket, pid=process.pid, log=log)
+        handle = WorkerHandle(f"{name}:{process.pid}", endpoint)
+        for gpu in gpus:
+            self._gpu_holders[gpu] = handle
+        return handle
+
+    @staticmethod
+    def _listen(path: Path) -> socket.socket:
+        """A listening Unix socket at ``path``, which the worker inherits as a descriptor."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(128)
+        return listener
 
     def _environment(self, spec: Spec, private_tmp: Path) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
         temp = "/tmp" if self.sandboxed else str(private_tmp)
         return {**keep, "HOME": temp, "TMPDIR": temp, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                 "GRADIO_TEMP_DIR": f"{temp}/gradio", "PYTHONDONTWRITEBYTECODE": "1",
-                "MODELHALL_RUN_JOURNAL": f"{temp}/{JOURNAL}", "MODELHALL_SANDBOXED": "1" if self.sandboxed else "0"}
+                "MODELHALL_SANDBOXED": "1" if self.sandboxed else "0"}
 
-    def _private_tmp(self, worker: WorkerHandle) -> Path:
-        return self.sandboxes / worker.socket.stem / "tmp"
+    @staticmethod
+    def _parts(worker: WorkerHandle) -> tuple[str, int]:
+        """The worker's name (its log and sandbox folder) and the pid of its process group."""
+        name, _, pid = worker.id.rpartition(":")
+        return name, int(pid)
 
-    def journal(self, worker: WorkerHandle) -> Path:
-        return self._private_tmp(worker) / JOURNAL
-
-    def worker_file(self, worker: WorkerHandle, path: str) -> Path:
-        if not self.sandboxed:
-            return Path(path)
-        relative = Path(path).relative_to("/tmp")  # the only place a sandboxed worker writes
-        return self._private_tmp(worker) / relative
+    def _is_ours(self, name: str, pid: int) -> bool:
+        """Whether ``pid`` is still the worker's process, not a reused pid (an earlier registry's worker)."""
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return f"\0--worker-id\0{name}\0".encode() in command
 
     def alive(self, worker: WorkerHandle) -> bool:
-        if worker.pid is None:
+        name, pid = self._parts(worker)
+        if pid <= 0:
             return False
         try:
-            pid, _status = os.waitpid(worker.pid, os.WNOHANG)
+            exited, _status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:  # not our child (an earlier registry started it): ask the kernel
-            pid = 0
-            try:
-                os.kill(worker.pid, 0)
-            except ProcessLookupError:
-                return False
-        return pid == 0
+            return self._is_ours(name, pid)
+        return exited == 0
 
     def stop(self, worker: WorkerHandle) -> None:
-        if worker.pid is not None and self.alive(worker):
-            os.killpg(worker.pid, signal.SIGTERM)
+        name, pid = self._parts(worker)
+        if self.alive(worker):
+            os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_GRACE_SECONDS
             while time.monotonic() < deadline and self.alive(worker):
                 time.sleep(0.05)
             if self.alive(worker):
-                os.killpg(worker.pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
                 self.alive(worker)  # reap it
-        worker.socket.unlink(missing_ok=True)
-        shutil.rmtree(self.sandboxes / worker.socket.stem, ignore_errors=True)
+        (self.sockets / f"{name}.sock").unlink(missing_ok=True)
+        shutil.rmtree(self.sandboxes / name, ignore_errors=True)
 
     def build_log(self, environment: str, lines: int = 200) -> str:
         return self.environments.log(environment, lines)
 
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str:
-        log = worker.log or self.logs_dir / f"{worker.socket.stem}.log"
+        log = self.logs_dir / f"{self._parts(worker)[0]}.log"
         if not log.exists():
             return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(tail_lines(log, lines))
+
+
+LOG_TAIL_BYTES = 256 * 1024
+
+
+def tail_lines(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a log a worker writes, reading at most its last 256 KiB."""
+    with path.open("rb") as log:
+        log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+        return log.read().decode(errors="replace").splitlines()[-lines:]

@@ -24,12 +24,12 @@ from modelhall.registry.api.schemas import MAX_ID, MAX_OFFSET
 from modelhall.registry.auth.policy import Action, permitted_actions
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import get_db, get_principal
-from modelhall.registry.db.models import Deployment, Repository, Run, Worker
+from modelhall.registry.db.models import Deployment, Repository, Run, RunFile, Worker
 from modelhall.registry.deployments import Deployments, handle_of
 from modelhall.registry.auth.sharing import ShareLinkError, count_run
 from modelhall.registry.catalog import count_runs
 from modelhall.registry.gateway import get_deployments, recorded_caller, resolve_version, split_reference
-from modelhall.registry.runs import new_run_id, stored_inputs
+from modelhall.registry.runs import new_run_id, recorded_files, stored_inputs
 
 router = APIRouter(prefix="/api/v1/repos", tags=["runs"])
 TERMINAL = ("succeeded", "failed")
@@ -111,10 +111,12 @@ async def start_run(owner: str, name_ref: str, request: Request, db: Session = D
         except ShareLinkError as error:
             raise HTTPException(error.status, str(error)) from None
     context = request.app.state.context
-    inputs = await run_in_threadpool(stored_inputs, context.store, body["inputs"])
+    inputs, stored = await run_in_threadpool(stored_inputs, context.store, body["inputs"])
     run = Run(id=new_run_id(), repository_id=version.repository.id, digest=version.digest, source="async",
               caller=caller, status="queued", inputs=inputs)
     db.add(run)
+    db.flush()
+    db.add_all(RunFile(run_id=run.id, digest=digest) for digest in stored)
     count_runs(db, version.repository.id)
     db.commit()
     url = f"/api/v1/repos/{owner}/{name}/runs/{run.id}"
@@ -162,10 +164,11 @@ async def follow_run(owner: str, name: str, run_id: str, request: Request, db: S
 @router.get("/{owner}/{name}/runs/{run_id}/files/{digest}")
 def get_run_file(owner: str, name: str, run_id: str, digest: str, request: Request, db: Session = Depends(get_db),
                  principal: Principal = Depends(get_principal)) -> Response:
-    """A file input or output of a run, by its digest."""
+    """A file input or output of a run, by its digest: one the platform stored for that run."""
     run, _ = _visible_run(db, principal, owner, name, run_id)
+    recorded = recorded_files(db, run.id)
     files = {v["digest"]: v for v in [*run.inputs.values(), *(run.outputs or {}).values()]
-             if isinstance(v, dict) and "digest" in v}
+             if isinstance(v, dict) and v.get("digest") in recorded}
     if digest not in files:
         raise HTTPException(404, f"run {run_id} has no file {digest[:80]}")
     data = b"".join(request.app.state.context.store.read(digest))

@@ -275,11 +275,13 @@ class Worker(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
-    socket: Mapped[str] = mapped_column(String(255))
-    pid: Mapped[int | None]
+    handle: Mapped[str] = mapped_column(String(255))  # the runtime's opaque id for it
+    endpoint: Mapped[str] = mapped_column(String(255))  # unix:/path or http://host:port
     state: Mapped[str] = mapped_column(String(16), default="starting")  # starting|ready|stopped|crashed
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[datetime | None]
+    journal_cursor: Mapped[int] = mapped_column(default=0)  # the last journal entry read from it
+    journal_error: Mapped[str | None] = mapped_column(Text)  # why entries of its journal were refused
 
 
 class Run(Base):
@@ -306,3 +308,13 @@ class Run(Base):
     logs: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     finished_at: Mapped[datetime | None]
+
+
+class RunFile(Base):
+    """A file the platform itself stored for a run (an upload, or what a model returned): the only
+    blobs a run's file route serves. A digest written into a run's inputs is not one."""
+
+    __tablename__ = "run_files"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(135), primary_key=True)
