@@ -50,6 +50,7 @@ MAX_ENTRY_VALUES_BYTES = 256 * 1024
 MAX_ERROR_CHARACTERS = 4000
 MAX_FILES_PER_RUN = 32
 JOURNAL_PAGE = 200
+KEPT_PROBLEMS = 8
 WORKER_CALL_SECONDS = 5.0  # each call to a worker: connect, and between two chunks of its answer
 WORKER_ROUND_SECONDS = 30.0  # all of one worker's calls in one collection
 TICKET_MAX_AGE_SECONDS = 24 * 3600
@@ -148,11 +149,18 @@ class JournalReader:
         except (httpx.HTTPError, JournalRefused) as error:
             problems.append(_worker_problem(error))
         if problems:
-            logger.warning("the journal of worker %s: %s", worker.id, "; ".join(problems[:5]))
-            with self.context.sessions() as db:
-                db.execute(update(Worker).where(Worker.id == row_id).values(journal_error="; ".join(problems[:5])))
-                db.commit()
+            self._note(worker, row_id, problems)
         return added
+
+    def _note(self, worker: WorkerHandle, row_id: int, problems: list[str]) -> None:
+        """Keep the newest distinct reasons for refusing this worker's journal on its row (and in the log)."""
+        logger.warning("the journal of worker %s: %s", worker.id, "; ".join(problems[:KEPT_PROBLEMS]))
+        with self.context.sessions() as db:
+            row = db.get(Worker, row_id)
+            assert row is not None
+            earlier = row.journal_error.split("; ") if row.journal_error else []
+            row.journal_error = "; ".join(list(dict.fromkeys([*earlier, *problems]))[-KEPT_PROBLEMS:])
+            db.commit()
 
     @staticmethod
     def _page(client: httpx.Client, after: int, deadline: float) -> list[Any]:
@@ -292,6 +300,8 @@ def _worker_problem(error: Exception) -> str:
 
 def _entry_problem(raw: Any, error: Exception) -> str:
     seq = raw.get("seq") if isinstance(raw, dict) and isinstance(raw.get("seq"), int) else "?"
+    if not isinstance(raw, dict):
+        return "an entry refused: not a JSON object"
     if isinstance(error, ValidationError):
         fields = sorted({".".join(str(part) for part in problem["loc"]) for problem in error.errors()})
         return f"entry {seq} refused: {', '.join(fields[:5])} not as the schema says"
