@@ -40,7 +40,7 @@ from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
 from modelhall.registry.metadata import insert_ignoring_duplicates
 from modelhall.registry.runs import JournalReader
-from modelhall.spec.model import Scaling
+from modelhall.spec.model import Runtime as RuntimeSection, Scaling
 
 logger = logging.getLogger(__name__)
 SOCKET_POLL_SECONDS = 0.01  # until a starting pod's endpoint answers: every wait adds to the cold start
@@ -48,6 +48,8 @@ HEALTH_WAIT_SECONDS = 1.0  # how long one health request may wait for the model 
 LOG_LINES_ON_FAILURE = 20
 MAX_RESTARTS = 3
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 4.0)
+DEFAULT_CALL_SECONDS = RuntimeSection.model_fields["timeout"].default
+CALL_TIMEOUT_MARGIN_SECONDS = 10.0
 
 
 WORKER_URL = "http://worker"
@@ -198,6 +200,12 @@ class Version:
     @property
     def scaling(self) -> Scaling:
         return Scaling.model_validate(self.spec.get("scaling", {}))
+
+    @property
+    def call_timeout(self) -> float:
+        """How long the gateway waits for one prediction: the spec's limit, which the worker enforces
+        itself, and a margin for the answer to arrive; a worker that ignores its limit is cut off here."""
+        return float(self.spec.get("runtime", {}).get("timeout", DEFAULT_CALL_SECONDS)) + CALL_TIMEOUT_MARGIN_SECONDS
 
 
 class Deployments:

@@ -179,19 +179,43 @@ def _body_of(request: Request) -> AsyncIterator[bytes] | None:
     return request.stream() if has_body else None
 
 
-async def forward(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str],
+async def forward(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str], timeout: float,
                   after: BackgroundTask | None = None) -> Response:
-    """One prediction to ``worker``, answered whole (so its slot is held until it is done)."""
+    """One prediction to ``worker``, answered whole (so its slot is held until it is done), within
+    ``timeout`` seconds and :data:`MAX_ANSWER_BYTES`."""
     client = request.app.state.worker_clients.get(worker)
     try:
         async with client.request(request.method, f"/{path}", params=list(request.query_params.multi_items()),
                                   headers=_forward_headers(request, extra), data=await request.body(),
-                                  allow_redirects=False) as response:
-            body = await response.read()
+                                  allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            body = await read_bounded(response)
     except aiohttp.ClientError:
         return worker_gone()
+    except TimeoutError:
+        return JSONResponse({"status": "timeout", "detail": f"the model took longer than {timeout:g} s"},
+                            status_code=504)
+    except AnswerTooLarge as error:
+        return JSONResponse({"status": "failed", "detail": str(error)}, status_code=502)
     return Response(body, status_code=response.status,
                     headers=_answer_headers(response, frozenset({"content-encoding"})), background=after)
+
+
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
+
+class AnswerTooLarge(ValueError):
+    """A worker's answer to one prediction passed :data:`MAX_ANSWER_BYTES`."""
+
+
+async def read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """A worker's whole answer, refused past :data:`MAX_ANSWER_BYTES` instead of filling the registry's memory."""
+    chunks, size = [], 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise AnswerTooLarge(f"the model's answer passed {MAX_ANSWER_BYTES // 2**20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _wants_html(request: Request) -> bool:
@@ -253,7 +277,7 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
         return await proxy(request, primary, path, headers) if primary else worker_gone()
     try:
         async with get_deployments(request).slot(version, awake) as worker:
-            return await forward(request, worker, path, headers, after)
+            return await forward(request, worker, path, headers, version.call_timeout, after)
     except Overloaded as error:
         return JSONResponse({"status": "busy", "detail": str(error)}, status_code=429,
                             headers={"Retry-After": RETRY_AFTER})
@@ -340,10 +364,14 @@ async def execute_async_run(app: FastAPI, run_id: str, repository: Repository, d
     try:
         async with deployments.slot(version, awake) as worker:
             async with app.state.worker_clients.get(worker).post(
-                    "/predict", json={"inputs": inputs}, headers=run_headers(app, version, "async", caller, awake.cold, run_id)) as response:
-                status, text = response.status, await response.text()
-    except Overloaded as error:
+                    "/predict", json={"inputs": inputs}, headers=run_headers(app, version, "async", caller, awake.cold,
+                                                                            run_id),
+                    timeout=aiohttp.ClientTimeout(total=version.call_timeout)) as response:
+                status, text = response.status, (await read_bounded(response)).decode(errors="replace")
+    except (Overloaded, AnswerTooLarge) as error:
         return "failed", None, str(error), None
+    except TimeoutError:
+        return "failed", None, f"the model took longer than {version.call_timeout:g} s", None
     except aiohttp.ClientError as error:
         return "failed", None, f"the model's worker stopped answering: {error}", None
     try:

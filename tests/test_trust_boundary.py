@@ -265,3 +265,28 @@ def test_files_the_platform_stored_for_a_run_are_still_served(runtime_registry: 
     assert run["status"] == "succeeded", run["error"]
     assert client.get(f"{run_url}/files/{run['inputs']['photo']['digest']}").content == beach
     assert client.get(f"{run_url}/files/{run['outputs']['output']['digest']}").content.startswith(b"\x89PNG")
+
+
+FROZEN = '''
+import os, signal
+
+
+def predict(targets):
+    """Ignore the time limit by stopping the whole worker, so nothing inside it can answer."""
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return {"report": "never"}
+'''
+
+
+def test_a_worker_past_its_time_limit_is_cut_off_by_the_gateway(runtime_registry: RegistryServer,
+                                                                tmp_path: Path) -> None:
+    bundle = hostile_bundle(tmp_path / "frozen", FROZEN)
+    spec = bundle / "modelhall.yaml"
+    spec.write_text(spec.read_text().replace("runtime: {", "runtime: {timeout: 1, "))
+    owner, _, _ = push(runtime_registry, bundle, "frozen")
+    http(runtime_registry.url).post(f"/api/v1/repos/{owner}/frozen/predict", json={"inputs": {"targets": {}}},
+                                    headers={"Prefer": "respond-async"})
+    wait_for(lambda: status(runtime_registry, f"{owner}/frozen")["state"] == "running", "the model waking")
+    answer = run_hostile(runtime_registry, owner, "frozen", {})
+    assert (answer.status_code, answer.json()["status"]) == (504, "timeout")
+    assert "longer than 11 s" in answer.json()["detail"]
