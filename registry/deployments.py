@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from modelhall.adapters.runtimes.base import Build, Runtime, UnschedulableError, WorkerHandle
-from modelhall.bundle import unpack_layers
+from modelhall.bundle import UnpackLimits, unpack_layers
 from modelhall.bundle.unpack import IteratorReader
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
@@ -303,7 +303,7 @@ class Deployments:
             yield IteratorReader(store.read(blob))  # type: ignore[misc]
 
         try:
-            unpack_layers(manifest, open_blob, target)
+            unpack_layers(manifest, open_blob, target, UnpackLimits.from_settings(self.context.settings))
         except FileExistsError:  # unpacked by a concurrent request meanwhile
             pass
         return target

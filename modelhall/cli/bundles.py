@@ -77,8 +77,7 @@ def pull(reference: Annotated[str, typer.Argument(help="owner/name:tag or host/o
          directory: Annotated[Path, typer.Argument(help="empty or new directory")]) -> None:
     """Download a bundle, verify every digest, and unpack it safely."""
     client, ref = _client_for(reference)
-    settings = load_settings()
-    limits = UnpackLimits(max_bytes=settings.unpack_max_bytes, max_members=settings.unpack_max_members)
+    limits = UnpackLimits.from_settings(load_settings())
     with client:
         digest = pull_bundle(client, ref, directory, errors, limits)
     console.print(f"pulled {ref} {digest} into {directory}", highlight=False)
