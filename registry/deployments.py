@@ -492,30 +492,43 @@ class Deployments:
         self._update(pool.deployment_id, desired_replicas=len(pool.workers))
 
     def sleep_idle(self, now: datetime | None = None) -> list[str]:
-        """Stop the workers of deployments idle past their timeout; returns their digests."""
-        now = now or datetime.now(UTC)
-        stopped = []
+        """Stop the workers of deployments idle past their timeout; returns their digests.
+
+        Their last runs are read first, with no transaction open: a slow worker must not hold
+        the database (SQLite's write lock) while the registry waits for it."""
+        idle = self._idle(now or datetime.now(UTC))
+        for deployment_id, repository_id, digest, workers in idle:
+            for handle in workers:
+                self._collect(handle, repository_id, digest)
+                self.runtime.stop(handle)
+        with self.context.sessions() as db:
+            for deployment_id, _, _, workers in idle:
+                db.execute(update(Worker).where(Worker.deployment_id == deployment_id,
+                                                Worker.handle.in_([w.id for w in workers]))
+                           .values(state="stopped", stopped_at=utcnow()))
+                db.execute(update(Deployment).where(Deployment.id == deployment_id)
+                           .values(state="sleeping", desired_replicas=0))
+            db.commit()
+        return [digest for _, _, digest, _ in idle]
+
+    def _idle(self, now: datetime) -> list[tuple[int, int, str, list[WorkerHandle]]]:
+        """Running deployments idle past their timeout: (id, repository id, digest, their workers)."""
+        idle = []
         with self.context.sessions() as db:
             self._record_requests(db)
-            running = db.scalars(select(Deployment).where(Deployment.state == "running")).all()
-            for deployment in running:
-                manifest_spec = self._spec_of(db, deployment)
-                version = Version(db.get(Repository, deployment.repository_id), deployment.digest, manifest_spec)
+            db.commit()
+            for deployment in db.scalars(select(Deployment).where(Deployment.state == "running")).all():
+                version = Version(db.get(Repository, deployment.repository_id), deployment.digest,
+                                  self._spec_of(db, deployment))
                 last = deployment.last_request_at or now
                 pool = self._pools.get((deployment.repository_id, deployment.digest))
                 busy = pool is not None and pool.active > 0
                 if busy or version.scaling.min > 0 or now - last < timedelta(seconds=version.scaling.idle_timeout):
                     continue
-                for worker in db.scalars(select(Worker).where(Worker.deployment_id == deployment.id,
-                                                              Worker.state.in_(("starting", "ready")))):
-                    handle = handle_of(worker)
-                    self._collect(handle, deployment.repository_id, deployment.digest)
-                    self.runtime.stop(handle)
-                    worker.state, worker.stopped_at = "stopped", utcnow()
-                deployment.state, deployment.desired_replicas = "sleeping", 0
-                stopped.append(deployment.digest)
-            db.commit()
-        return stopped
+                workers = [handle_of(w) for w in db.scalars(select(Worker).where(
+                    Worker.deployment_id == deployment.id, Worker.state.in_(("starting", "ready"))))]
+                idle.append((deployment.id, deployment.repository_id, deployment.digest, workers))
+        return idle
 
     @staticmethod
     def _spec_of(db: Session, deployment: Deployment) -> dict[str, Any]:

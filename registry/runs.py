@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -122,12 +124,27 @@ class JournalReader:
         self.context = context
         self.runtime = runtime
         self.tickets = RunTickets(context.settings.signing_key)
+        self._collecting: set[str] = set()  # workers being read now: one reader each, whoever asks
+        self._collecting_lock = threading.Lock()
 
     def collect(self, worker: WorkerHandle, repository_id: int, digest: str) -> int:
         """Record the runs the worker journaled since the last call; returns how many were new.
 
         Never raises for what the worker does: a worker that is gone, slow, or answers
-        garbage has the reason noted on its row, and the caller goes on with the next one."""
+        garbage has the reason noted on its row, and the caller goes on with the next one. A worker
+        already being read (by the reaper, or another listing) is skipped: a slow worker holds one
+        registry thread at most, however many callers list its runs."""
+        with self._collecting_lock:
+            if worker.endpoint in self._collecting:
+                return 0
+            self._collecting.add(worker.endpoint)
+        try:
+            return self._collect(worker, repository_id, digest)
+        finally:
+            with self._collecting_lock:
+                self._collecting.discard(worker.endpoint)
+
+    def _collect(self, worker: WorkerHandle, repository_id: int, digest: str) -> int:
         with self.context.sessions() as db:
             row = db.scalar(select(Worker).where(Worker.handle == worker.id, Worker.endpoint == worker.endpoint))
             if row is None:
@@ -231,6 +248,7 @@ class _Files:
 
     def __init__(self, client: httpx.Client, store: BlobStore, stored: set[str], deadline: float):
         self.client, self.store, self.stored, self.deadline = client, store, stored, deadline
+        self.asked = 0  # files asked of the worker for this run, whether they came or not
 
     def store_all(self, values: dict[str, Any]) -> dict[str, Any]:
         return {name: self._store(value) for name, value in values.items()}
@@ -242,8 +260,9 @@ class _Files:
             named = JournalFile.model_validate(value)
         except ValidationError:
             return {"missing": True, "reason": "the worker named a file in a way the registry does not take"}
-        if len(self.stored) >= MAX_FILES_PER_RUN:
+        if self.asked >= MAX_FILES_PER_RUN:
             return {"name": named.name, "missing": True, "reason": f"a run keeps at most {MAX_FILES_PER_RUN} files"}
+        self.asked += 1
         try:
             data = _bounded_get(self.client, f"/_internal/journal/files/{named.file}", None, MAX_STORED_FILE,
                                 self.deadline)
@@ -265,8 +284,13 @@ def worker_http(worker: WorkerHandle) -> httpx.Client:
 
 def _bounded_get(client: httpx.Client, path: str, params: dict[str, Any] | None, limit: int, deadline: float) -> bytes:
     """A worker's answer, read up to ``limit`` bytes and until ``deadline``: a worker that sends
-    more, or trickles, is cut off instead of holding the registry."""
-    with client.stream("GET", path, params=params) as response:
+    more, or trickles, is cut off instead of holding the registry; once ``deadline`` has passed it
+    is not asked at all, and no call waits past it."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise JournalRefused(f"it took longer than {WORKER_ROUND_SECONDS:g} s")
+    timeout = httpx.Timeout(min(WORKER_CALL_SECONDS, remaining))
+    with client.stream("GET", path, params=params, timeout=timeout) as response:
         if response.status_code != 200:
             raise JournalRefused(f"{path.split('/')[2]} answered {response.status_code}")
         chunks, size = [], 0
@@ -331,19 +355,32 @@ def stored_outputs(store: BlobStore, outputs: dict[str, Any]) -> tuple[dict[str,
     kept, stored = {}, set()
     for name, value in outputs.items():
         if isinstance(value, dict) and {"data", "name", "mime_type"} <= set(value):
-            value = {**store_file(store, base64.b64decode(value["data"]), value["name"]),
-                     "mime_type": value["mime_type"]}
-            stored.add(value["digest"])
+            data = _base64(value["data"])
+            if data is not None and isinstance(value["name"], str) and isinstance(value["mime_type"], str):
+                value = {**store_file(store, data, value["name"][:255]), "mime_type": value["mime_type"][:255]}
+                stored.add(value["digest"])
         kept[name] = value
     return kept, stored
+
+
+def _base64(data: Any) -> bytes | None:
+    """``data`` decoded, or None if it is not base64 (a worker's answer, or a caller's request, may say anything)."""
+    if not isinstance(data, str):
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def stored_inputs(store: BlobStore, inputs: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     """An async run's request inputs with base64 files moved into the blob store, and their digests."""
     kept, stored = {}, set()
     for name, value in inputs.items():
-        if isinstance(value, dict) and isinstance(value.get("data"), str):
-            value = store_file(store, base64.b64decode(value["data"]), value.get("name") or name)
+        data = _base64(value.get("data")) if isinstance(value, dict) else None
+        if data is not None:
+            file_name = value.get("name")
+            value = store_file(store, data, file_name[:255] if isinstance(file_name, str) and file_name else name)
             stored.add(value["digest"])
         kept[name] = value
     return kept, stored
@@ -377,6 +414,10 @@ class AsyncRunner:
         with self.context.sessions() as db:
             run = db.get(Run, run_id)
             assert run is not None
+            if outputs is not None and not isinstance(outputs, dict):
+                status, outputs, error = "failed", None, "the model's answer has no outputs object"
+            if not isinstance(duration_ms, (int, float)) or isinstance(duration_ms, bool):
+                duration_ms = None
             run.status, run.error, run.duration_ms, run.finished_at = status, error, duration_ms, utcnow()
             if outputs is not None:
                 run.outputs, stored = stored_outputs(self.context.store, outputs)
@@ -401,11 +442,22 @@ class AsyncRunner:
             if run is None:
                 await asyncio.sleep(self.poll_seconds)
                 continue
-            repository, spec = await run_in_threadpool(self._version, run)
-            request = await run_in_threadpool(self._request, run)
-            status, outputs, error, duration = await self.execute(run.id, repository, run.digest, spec, request,
-                                                                  run.caller)
-            await run_in_threadpool(self._finish, run.id, status, outputs, error, duration)
+            try:
+                await self._carry_out(run)
+            except Exception:  # noqa: BLE001 - one run (a model's odd answer) must not stop everyone's runs
+                logger.exception("async run %s could not be carried out", run.id)
+                try:
+                    await run_in_threadpool(self._finish, run.id, "failed", None,
+                                            "the run could not be carried out", None)
+                except Exception:  # noqa: BLE001 - the database itself; the next run may fare better
+                    logger.exception("async run %s could not be marked failed", run.id)
+
+    async def _carry_out(self, run: Run) -> None:
+        repository, spec = await run_in_threadpool(self._version, run)
+        request = await run_in_threadpool(self._request, run)
+        status, outputs, error, duration = await self.execute(run.id, repository, run.digest, spec, request,
+                                                              run.caller)
+        await run_in_threadpool(self._finish, run.id, status, outputs, error, duration)
 
 
 def new_run_id() -> str:

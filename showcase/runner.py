@@ -7,6 +7,7 @@ background thread, so the server answers at once), then ``ready`` or ``failed``.
 from __future__ import annotations
 
 import enum
+import json
 import shutil
 import tempfile
 import threading
@@ -117,6 +118,10 @@ class RunJournal:
             return {"omitted": f"{len(value)} characters"}
         if isinstance(value, (Upload, bytes)) or isinstance(value, dict) and "data" in value:
             return {"omitted": "a file that was refused"}
+        try:  # a caller's NaN (Python's JSON reader takes it) would make every journal page unwritable
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            return {"omitted": "a value JSON cannot carry"}
         return value
 
 

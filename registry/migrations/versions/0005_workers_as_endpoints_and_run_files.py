@@ -42,15 +42,18 @@ def upgrade() -> None:
 
 
 def _record_stored_files(connection: sa.Connection) -> None:
-    """Earlier runs' files, as the platform stored them. An async run's inputs are left out: the
-    caller wrote those, and a digest written there is exactly what must not become a run's file."""
+    """Earlier runs' files, as the platform stored them. An async run's inputs are left out (the
+    caller wrote those), and so is any digest that is also a pushed blob: a caller or a model could
+    have written a layer's digest into a run, and that is exactly what must not become a run's file."""
     runs = sa.table('runs', sa.column('id'), sa.column('source'), sa.column('inputs'), sa.column('outputs'))
     run_files = sa.table('run_files', sa.column('run_id'), sa.column('digest'))
+    blob_links = sa.table('blob_links', sa.column('digest'))
+    pushed = set(connection.execute(sa.select(blob_links.c.digest).distinct()).scalars())
     for run_id, source, inputs, outputs in connection.execute(
             sa.select(runs.c.id, runs.c.source, runs.c.inputs, runs.c.outputs)).all():
         values = [*_loaded(outputs).values(), *([] if source == 'async' else _loaded(inputs).values())]
         digests = {value['digest'] for value in values if isinstance(value, dict) and isinstance(value.get('digest'), str)}
-        for digest in digests:
+        for digest in digests - pushed:
             connection.execute(run_files.insert().values(run_id=run_id, digest=digest))
 
 
