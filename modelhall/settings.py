@@ -12,8 +12,9 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +23,9 @@ from pydantic_settings import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8600"
+# Browsers keep cookies per host name, not per port: the demo origin's default is the other name of the
+# loopback address, so that it has a cookie jar of its own (see default_demo_url).
+LOOPBACK_TWINS = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}
 GITHUB = {"authorize_url": "https://github.com/login/oauth/authorize",
           "access_token_url": "https://github.com/login/oauth/access_token", "api_base_url": "https://api.github.com/"}
 
@@ -58,11 +62,13 @@ class Settings(BaseSettings):
     unpack_max_bytes: int = 20 * 1024**3
     unpack_max_members: int = 100_000
     runtime: str = "local"
+    allow_model_network: bool = False  # a spec's runtime.network: true is refused unless the operator allows it
     wake_timeout: float = 120.0
     reaper_interval: float = 5.0
     oidc_providers: list[OIDCProvider] = Field(default_factory=list)  # env: a JSON list
     session_max_age: int = 14 * 24 * 3600
     gallery_url: str | None = None  # where the Streamlit gallery runs: logins may return there
+    demo_url: str = ""  # the demos' own origin; default: default_demo_url(url)
     log_level: str = Field(default="warning", pattern="^(debug|info|warning|error)$")  # info: access log too
 
     @classmethod
@@ -76,6 +82,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config_file = Path(os.environ.get("MODELHALL_CONFIG", "modelhall.toml"))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file))
+
+    @model_validator(mode="after")
+    def _demo_origin(self) -> Settings:
+        self.demo_url = (self.demo_url or default_demo_url(self.url)).rstrip("/")
+        return self
 
     @property
     def database_url(self) -> str:
@@ -111,6 +122,17 @@ class Settings(BaseSettings):
             finally:
                 candidate.unlink()
         return key_file.read_text().strip()
+
+
+def default_demo_url(registry_url: str, port: int | None = None) -> str:
+    """Where demos are served when ``MODELHALL_DEMO_URL`` is not set: the registry's port + 1 (or
+    ``port``), under the other name of the loopback address when the registry has one of them
+    (``127.0.0.1`` ↔ ``localhost``). Two names are two cookie jars; two ports of one name share one."""
+    parts = urlsplit(registry_url)
+    host = parts.hostname or "127.0.0.1"
+    port = port or (parts.port or (443 if parts.scheme == "https" else 80)) + 1
+    host = LOOPBACK_TWINS.get(host, host)
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -15,17 +15,19 @@ from starlette.middleware.sessions import SessionMiddleware
 from modelhall.adapters.runtimes.base import Runtime
 from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.storage import open_blob_store
-from modelhall.registry import gateway
+from modelhall.registry import demo_origin, gateway
 from modelhall.registry.api import repos, runs, shares, tokens
 from modelhall.registry.auth import oidc
 from modelhall.registry.auth import routes as token_routes
 from modelhall.registry.auth.csrf import SameOriginForSessions
+from modelhall.registry.auth.demo_tickets import SpentTickets
 from modelhall.registry.auth.principal import AuthenticationError
 from modelhall.registry.catalog import refresh_stale_catalogs
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
 from modelhall.registry.deployments import Deployments
 from modelhall.registry.redaction import install_redaction
+from modelhall.registry.security_headers import SecurityHeaders
 from modelhall.registry.runs import AsyncRunner
 from modelhall.registry.oci import base, blobs, manifests, referrers, tags, uploads
 from modelhall.registry.oci.access import challenge
@@ -39,7 +41,7 @@ SESSION_COOKIE = "modelhall_session"
 def open_runtime(settings: Settings) -> Runtime:
     if settings.runtime != "local":
         raise ValueError(f"unsupported runtime {settings.runtime!r}: MODELHALL_RUNTIME=local is the one built so far")
-    return LocalRuntime(settings.data_dir)
+    return LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,10 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = context
     app.state.deployments = deployments
     app.state.oauth = oidc.make_oauth(settings)
+    app.state.demo_tickets = SpentTickets()  # shared with the demo origin's app (demo_origin.create_demo_app)
     app.add_middleware(SameOriginForSessions, session_cookie=SESSION_COOKIE, own_origins={settings.url, *([settings.gallery_url] if settings.gallery_url else [])})
     app.add_middleware(SessionMiddleware, secret_key=settings.signing_key, session_cookie=SESSION_COOKIE,
                        max_age=settings.session_max_age, same_site="lax",
                        https_only=settings.url.startswith("https://"))  # signed, HttpOnly
+    app.add_middleware(SecurityHeaders, gallery_url=settings.gallery_url)  # outermost: on every answer
     app.add_exception_handler(OCIError, oci_error_response)
     app.add_exception_handler(AuthenticationError, _authentication_failed)
     # Uploads first: /blobs/uploads/ must not be read as a blob named "uploads".
@@ -85,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oidc.router)
     # Before the REST API's /api/v1/repos/{name:path}, which would take …/predict and …/runs for names:
     app.include_router(gateway.router)
+    app.include_router(demo_origin.registry_router)  # /demo/… and /live/… lead to the demo origin
     app.include_router(runs.router)
     app.include_router(shares.router)
     app.include_router(tokens.router)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 from fastapi import Depends, Request
@@ -41,15 +41,18 @@ SHARE_HEADER = "x-modelhall-share"
 
 async def get_principal(request: Request, db: Session = Depends(get_db)) -> Principal:
     """Who asks: the ``Authorization`` header, else the browser session; plus the share link
-    the request carries (the ``X-Modelhall-Share`` header, or the one the session opened).
+    the request carries (the ``X-Modelhall-Share`` header, or the one the session opened)."""
+    return await find_principal_with(_find_principal, request, db)
 
-    Found on the event loop while the pool has a connection idle (a thread hop costs more than
-    the indexed lookups), and in a thread otherwise: the loop must not wait for a connection,
-    since the requests that hold them may need the loop to give them back.
-    """
+
+async def find_principal_with(find: Callable[[Request, Session], Principal], request: Request,
+                              db: Session) -> Principal:
+    """``find(request, db)`` on the event loop while the pool has a connection idle (a thread hop
+    costs more than the indexed lookups), and in a thread otherwise: the loop must not wait for a
+    connection, since the requests that hold them may need the loop to give them back."""
     if _has_idle_connection(get_context(request).engine):
-        return _find_principal(request, db)
-    return await run_in_threadpool(_find_principal, request, db)
+        return find(request, db)
+    return await run_in_threadpool(find, request, db)
 
 
 def _has_idle_connection(engine: Engine) -> bool:

@@ -6,6 +6,8 @@ worker's demo lives under one prefix pinned to its version, ``/live/{repository 
 a page opened as ``/demo/alice/x/`` loads everything else from there, so the URLs Gradio
 hands out (output files too) always reach the worker that made them, name the exact
 version, and never the owner (a reviewer with an anonymous share link sees that prefix only).
+The demo routes (:data:`demo_router`) are served on the demos' own origin, never the registry's
+(see ``demo_origin.py``); predict and the deployment status stay on the registry's (:data:`router`).
 Clients' own forwarding headers are dropped.
 While a model wakes, a browser gets a page that says so and reloads itself; an API
 client waits (up to the wake timeout) unless it sends ``Prefer: respond-async``, which
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -47,7 +50,8 @@ from modelhall.registry.deployments import (
 )
 from modelhall.registry.runs import RunTicket, new_run_id
 
-router = APIRouter()
+router = APIRouter()  # on the registry's origin: predict and deployment status
+demo_router = APIRouter()  # on the demo origin only (registry/demo_origin.py): the demos themselves
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie"}
 FORWARDED = {"x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "x-forwarded-for", "x-gradio-server",
@@ -156,7 +160,10 @@ class WorkerClients:
 
 
 def _answer_headers(response: aiohttp.ClientResponse, dropped: frozenset[str] = frozenset()) -> dict[str, str]:
-    return {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | dropped}
+    """A worker's headers to pass on: never a ``Set-Cookie``, on either origin (browsers send a host's
+    cookies to every port of it, so a model could set the registry's session; and cookies are never
+    forwarded to workers, so one would be of no use to the model)."""
+    return {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | dropped | {"set-cookie"}}
 
 
 async def proxy(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str]) -> Response:
@@ -233,14 +240,19 @@ def split_reference(name_and_reference: str) -> tuple[str, str | None]:
     return name, reference or None
 
 
+GRADIO_PREDICTIONS = re.compile(r"^(gradio_api/)?(queue/join|call/[^/]+|run/[^/]+|api/[^/]+)/?$")
+
+
 def _is_prediction(request: Request, path: str, run_id: str | None) -> bool:
-    """An API prediction, or the demo's (Gradio's queue/join): what a share link's quota counts."""
-    return run_id is not None or (request.method == "POST" and path.endswith("queue/join"))
+    """An API prediction, or one of the demo's (Gradio's queue, call and run routes): what a share
+    link's quota counts, and the only requests that carry a run ticket."""
+    return run_id is not None or (request.method == "POST" and GRADIO_PREDICTIONS.match(path) is not None)
 
 
 def _is_internal(path: str) -> bool:
     """A path of the worker's own API for the registry (its journal), which no caller reaches."""
-    return posixpath.normpath("/" + unquote(path)).startswith("/_internal")
+    first = posixpath.normpath("/" + unquote(path).replace("\\", "/")).lstrip("/").split("/", 1)[0]
+    return first.lower() == "_internal"
 
 
 async def serve_version(request: Request, version: Version, path: str, db: Session, principal: Principal,
@@ -271,7 +283,9 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
     after = None
     if run_id:  # an API prediction: restart the idle clock, and put it in the run history once answered
         after = BackgroundTask(_after_prediction, get_deployments(request), awake.deployment_id)
-    headers = run_headers(request, version, "api" if run_id else "demo", caller, awake.cold, run_id)
+    # Only a prediction carries a ticket: a worker handed one for every page view could journal made-up runs.
+    headers = (run_headers(request, version, "api" if run_id else "demo", caller, awake.cold, run_id)
+               if _is_prediction(request, path, run_id) else {})
     if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself, in one process
         primary = awake.pool.primary
         return await proxy(request, primary, path, headers) if primary else worker_gone()
@@ -293,21 +307,22 @@ async def _serve(request: Request, owner: str, name_ref: str, path: str, db: Ses
     return await serve_version(request, version, path, db, principal, run_id)
 
 
-@router.api_route("/demo/{owner}/{name_ref}", methods=["GET"], include_in_schema=False)
+@demo_router.api_route("/demo/{owner}/{name_ref}", methods=["GET"], include_in_schema=False)
 def demo_without_slash(owner: str, name_ref: str) -> RedirectResponse:
     return RedirectResponse(f"/demo/{owner}/{name_ref}/")
 
 
-@router.api_route("/demo/{owner}/{name_ref}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"],
-                  include_in_schema=False)
+DEMO_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
+
+
+@demo_router.api_route("/demo/{owner}/{name_ref}/{path:path}", methods=DEMO_METHODS, include_in_schema=False)
 async def demo(owner: str, name_ref: str, path: str, request: Request, db: Session = Depends(get_db),
                principal: Principal = Depends(get_principal)) -> Response:
     """The model's Gradio demo and its API, woken on demand."""
     return await _serve(request, owner, name_ref, path, db, principal)
 
 
-@router.api_route("/live/{key}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"],
-                  include_in_schema=False)
+@demo_router.api_route("/live/{key}/{path:path}", methods=DEMO_METHODS, include_in_schema=False)
 async def live(key: str, path: str, request: Request, db: Session = Depends(get_db),
                principal: Principal = Depends(get_principal)) -> Response:
     """A version's demo under its own prefix (see the module's docstring)."""

@@ -7,6 +7,8 @@ skip is a failure instead, so nothing silently stops being tested.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import socket
@@ -21,6 +23,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from itsdangerous import TimestampSigner
 
 from modelhall.registry.auth.tokens import create_access_token
 from sqlalchemy import Engine, select
@@ -67,10 +70,16 @@ class RegistryServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    demo_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def demo_url(self) -> str:
+        """The demos' own origin, as ``modelhall up`` makes it: the loopback address's other name."""
+        return f"http://localhost:{self.demo_port}"
 
     @property
     def host(self) -> str:
@@ -78,15 +87,16 @@ class RegistryServer:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "MODELHALL_DATA_DIR": str(self.data_dir), "MODELHALL_URL": self.url, **self.extra_env}
+        env = {**os.environ, "MODELHALL_DATA_DIR": str(self.data_dir), "MODELHALL_URL": self.url,
+               "MODELHALL_DEMO_URL": self.demo_url, **self.extra_env}
         if self.database:
             env["MODELHALL_DATABASE"] = self.database
         return env
 
     def start(self) -> None:
         log = (self.data_dir.parent / f"registry-{self.port}.log").open("ab")
-        self.process = subprocess.Popen([*MODELHALL, "up", "--port", str(self.port)], env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT)
+        command = [*MODELHALL, "up", "--port", str(self.port), "--demo-port", str(self.demo_port)]
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -134,6 +144,25 @@ class RegistryServer:
                 return run.id
         finally:
             engine.dispose()
+
+    def user_id(self, name: str) -> int:
+        engine = self.engine()
+        try:
+            with make_session_factory(engine)() as db:
+                user_id = db.scalar(select(User.id).where(User.name == name))
+        finally:
+            engine.dispose()
+        assert user_id is not None, f"no user {name}"
+        return user_id
+
+    @property
+    def signing_key(self) -> str:
+        return (self.data_dir / "secret.key").read_text().strip()
+
+    def session_cookie(self, name: str) -> str:
+        """The registry's session cookie for user ``name``, as its login would set it (signed with its key)."""
+        session = base64.b64encode(json.dumps({"user_id": self.user_id(name)}).encode())
+        return TimestampSigner(self.signing_key).sign(session).decode()
 
     def user(self, scope: str = "write", name: str | None = None) -> tuple[str, str]:
         """A new user and an access token for it, written straight into the registry's database.

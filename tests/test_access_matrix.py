@@ -153,19 +153,21 @@ def _headers(world: World, principal: str, repository: str) -> dict[str, str]:
 
 
 def call(world: World, principal: str, repository: str, surface: str) -> httpx.Response:
-    client = httpx.Client(base_url=world.registry.url, headers=_headers(world, principal, repository), timeout=120)
+    headers = _headers(world, principal, repository)
+    client = httpx.Client(base_url=world.registry.url, headers=headers, timeout=120)
+    demo = httpx.Client(base_url=world.registry.demo_url, headers=headers, timeout=120)  # the demos' own origin
     requests: dict[str, Callable[[], httpx.Response]] = {
         "oci pull": lambda: client.get(f"/v2/{repository}/manifests/v1",
                                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}),
         "oci push": lambda: client.post(f"/v2/{repository}/blobs/uploads/"),
         "rest read": lambda: client.get(f"/api/v1/repos/{repository}"),
         "rest write": lambda: client.patch(f"/api/v1/repos/{repository}", json={"description": "changed"}),
-        "demo": lambda: client.get(f"/demo/{repository}/config"),
+        "demo": lambda: demo.get(f"/demo/{repository}/config"),
         "predict": lambda: client.post(f"/api/v1/repos/{repository}/predict", json={"inputs": {"name": "m"}}),
         "run history": lambda: client.get(f"/api/v1/repos/{repository}/runs"),
         "listing": lambda: client.get("/api/v1/repos", params={"q": repository.split("/")[1], "limit": 200}),
     }
-    with client:
+    with client, demo:
         return requests[surface]()
 
 

@@ -120,7 +120,8 @@ def test_a_failing_model_shows_an_error_in_the_page(page: Page, tmp_path_factory
 
 
 def test_a_sleeping_demo_through_the_gateway_wakes_in_the_browser(page: Page, tmp_path: Path) -> None:
-    """The registry's /demo/… page says the model is starting, reloads itself, then is the working demo."""
+    """The registry's /demo/… sends the browser to the demo origin, whose page says the model is
+    starting, reloads itself, then is the working demo."""
     for registry in serve_registry("sqlite", tmp_path / "registry"):
         user, token = registry.user()
         client = http(registry.url, token)
@@ -129,6 +130,7 @@ def test_a_sleeping_demo_through_the_gateway_wakes_in_the_browser(page: Page, tm
         client.patch(f"/api/v1/repos/{user}/hello", json={"visibility": "public"}).raise_for_status()
         page.goto(f"{registry.url}/demo/{user}/hello/")
         expect(page.get_by_role("heading", name=f"Starting {user}/hello…")).to_be_visible()
+        assert page.url.startswith(f"{registry.demo_url}/live/")
         page.get_by_label("Your name").fill("Gateway", timeout=OUTPUT_TIMEOUT_MS)
         run(page)
         expect(page.get_by_label("Greeting")).to_have_value("Hello, Gateway.", timeout=OUTPUT_TIMEOUT_MS)
@@ -149,6 +151,7 @@ def test_an_image_made_behind_the_gateway_loads_in_the_page(page: Page, tmp_path
         download = page.get_by_role("link", name="Download")
         expect(download).to_have_attribute("href", re.compile(r"/live/\d+@sha256:[0-9a-f]{64}/"),
                                            timeout=OUTPUT_TIMEOUT_MS)
+        assert page.url.startswith(f"{registry.demo_url}/live/")
         loaded = page.locator("img[src*='/live/'][src$='.png']").last
         expect(loaded).to_have_js_property("naturalWidth", 256, timeout=OUTPUT_TIMEOUT_MS)
         page.screenshot(path=str(artifacts_dir / "gateway-image-to-image.png"), full_page=True)

@@ -138,6 +138,9 @@ def test_a_model_page_for_the_public(seeded: Seeded, monkeypatch: pytest.MonkeyP
     code = "\n".join(block.value for block in test.code)
     assert f"{seeded.registry.url}/api/v1/repos/{seeded.owner}/image-classification/predict" in code
     assert "Client(" in code and "api_name='/predict'" in code
+    assert f"Client('{seeded.registry.demo_url}/demo/{seeded.owner}/image-classification/')" in code
+    [demo] = test.get("iframe")  # the demo, from its own origin
+    assert demo.proto.src.startswith(f"{seeded.registry.demo_url}/live/")
     assert any("run history is for the model's members" in info.value for info in test.info)
     assert any("Only the model's maintainers" in info.value for info in test.info)
 

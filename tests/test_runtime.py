@@ -144,11 +144,11 @@ def test_callers_waiting_for_a_model_to_wake_hold_no_database_connection(runtime
 def test_the_demo_through_the_gateway_with_gradio_client(runtime_registry: RegistryServer, tmp_path: Path) -> None:
     user, _, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "via-gateway")
     # the gateway holds the first call while the model wakes: allow for it
-    client = Client(f"{runtime_registry.url}/demo/{user}/via-gateway/", verbose=False,
+    client = Client(f"{runtime_registry.demo_url}/demo/{user}/via-gateway/", verbose=False,
                     download_files=str(tmp_path / "downloads"), httpx_kwargs={"timeout": 120})
     assert client.predict("Cy", "excited", api_name="/predict") == "Hello, Cy!!"
-    config = httpx.get(f"{runtime_registry.url}/demo/{user}/via-gateway/config").json()
-    assert re.fullmatch(rf"{runtime_registry.url}/live/\d+@{digest}", config["root"])  # one prefix per version
+    config = httpx.get(f"{runtime_registry.demo_url}/demo/{user}/via-gateway/config").json()
+    assert re.fullmatch(rf"{runtime_registry.demo_url}/live/\d+@{digest}", config["root"])  # one prefix per version
 
 
 def test_a_version_by_tag_or_digest(runtime_registry: RegistryServer, tmp_path: Path) -> None:
@@ -164,6 +164,7 @@ def test_private_models_are_invisible_through_the_gateway(runtime_registry: Regi
     user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "secret", public=False)
     assert predict(runtime_registry, f"{user}/secret", "x").status_code == 404
     assert httpx.get(f"{runtime_registry.url}/demo/{user}/secret/").status_code == 404
+    assert httpx.get(f"{runtime_registry.demo_url}/demo/{user}/secret/").status_code == 404
     _, stranger = runtime_registry.user()
     assert predict(runtime_registry, f"{user}/secret", "x", stranger).status_code == 404
     assert predict(runtime_registry, f"{user}/secret", "Owner", token).json()["outputs"] == {
@@ -173,11 +174,12 @@ def test_private_models_are_invisible_through_the_gateway(runtime_registry: Regi
 def test_a_browser_waits_on_a_starting_page_then_gets_the_demo(runtime_registry: RegistryServer,
                                                                tmp_path: Path) -> None:
     user, _, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "paged")
-    first = httpx.get(f"{runtime_registry.url}/demo/{user}/paged/", headers={"Accept": "text/html"})
+    demo = f"{runtime_registry.demo_url}/demo/{user}/paged/"
+    first = httpx.get(demo, headers={"Accept": "text/html"})
     assert first.status_code == 503 and "Starting" in first.text and first.headers["retry-after"] == "2"
-    wait_for(lambda: httpx.get(f"{runtime_registry.url}/demo/{user}/paged/", headers={"Accept": "text/html"},
-                               timeout=30).status_code == 200, "the demo page being served")
-    page = httpx.get(f"{runtime_registry.url}/demo/{user}/paged/", headers={"Accept": "text/html"})
+    wait_for(lambda: httpx.get(demo, headers={"Accept": "text/html"}, timeout=30).status_code == 200,
+             "the demo page being served")
+    page = httpx.get(demo, headers={"Accept": "text/html"})
     assert "gradio" in page.text.lower()
 
 
@@ -310,7 +312,7 @@ def test_every_prediction_is_in_the_run_history(runtime_registry: RegistryServer
     failed = http(runtime_registry.url).post(f"/api/v1/repos/{repository}/predict",
                                              json={"inputs": {"name": "x" * 101}})
     assert failed.status_code == 422
-    Client(f"{runtime_registry.url}/demo/{repository}/", verbose=False, download_files=str(tmp_path / "dl"),
+    Client(f"{runtime_registry.demo_url}/demo/{repository}/", verbose=False, download_files=str(tmp_path / "dl"),
            httpx_kwargs={"timeout": 120}).predict("Cat", "excited", api_name="/predict")
     wait_for(lambda: len(runs_of(runtime_registry, repository, token)) == 4, "four runs recorded")
     newest_first = runs_of(runtime_registry, repository, token)

@@ -13,6 +13,7 @@ from conftest import RegistryServer, serve_registry
 from modelhall.bundle import pack_bundle
 from oci_helpers import http, push_packed
 from test_cli import cli
+from test_demo_origin import exchange
 from test_runtime import push, quick_hello
 
 SHARE_URL = re.compile(r"^http://127\.0\.0\.1:\d+/s/mhs_[A-Za-z0-9_-]{40,}$")
@@ -45,7 +46,10 @@ def test_an_anonymous_link_shows_no_owner_anywhere(sharing_registry: RegistrySer
     assert opened.status_code == 303
     demo = opened.headers["location"]
     assert re.fullmatch(rf"/live/\d+@{digest}/", demo)
-    answers = [opened, browser.get(demo, headers={"Accept": "text/html"}), browser.get(demo + "config"),
+    entered = browser.get(demo)  # on to the demo origin, with a ticket for the link
+    demo_url, cookie = exchange(sharing_registry, entered.headers["location"])
+    on_demo = httpx.Client(base_url=demo_url, headers={"Cookie": cookie}, timeout=180)
+    answers = [opened, entered, on_demo.get("", headers={"Accept": "text/html"}), on_demo.get("config"),
                browser.get("/api/v1/shared")]
     predicted = browser.post("/api/v1/shared/predict", json={"inputs": {"name": "Reviewer 2"}},
                              headers={"Origin": sharing_registry.url})  # as the browser sends it

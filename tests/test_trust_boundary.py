@@ -200,7 +200,7 @@ def test_the_gateway_never_passes_a_caller_to_the_workers_own_api(runtime_regist
     user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "journal")
     assert http(runtime_registry.url, token).post(f"/api/v1/repos/{user}/journal/predict",
                                                   json={"inputs": {"name": "Ada"}}, timeout=120).status_code == 200
-    demo = http(runtime_registry.url, token)
+    demo = http(runtime_registry.demo_url, token)  # the demos' own origin
     demo.follow_redirects = True
     for path in ("_internal/journal", "./_internal/journal", "x/../_internal/journal", "%5Finternal/journal"):
         answer = demo.get(f"/demo/{user}/journal/{path}", headers={"X-Modelhall-Internal": "1"})
@@ -221,10 +221,10 @@ def test_demo_file_routes_serve_neither_weights_nor_code(runtime_registry: Regis
     user, token, digest = push(runtime_registry, bundle, "hidden")
     http(runtime_registry.url, token).patch(f"/api/v1/repos/{user}/hidden",
                                             json={"weights": "hidden"}).raise_for_status()
-    viewer = http(runtime_registry.url)
+    viewer = http(runtime_registry.demo_url)  # the demos' own origin
     viewer.follow_redirects = True
-    assert viewer.post(f"/api/v1/repos/{user}/hidden/predict", json={"inputs": {"name": "Ada"}},
-                       timeout=120).status_code == 200
+    assert http(runtime_registry.url).post(f"/api/v1/repos/{user}/hidden/predict", json={"inputs": {"name": "Ada"}},
+                                           timeout=120).status_code == 200
     assert viewer.get(f"/demo/{user}/hidden/", timeout=120).status_code == 200  # the demo itself is open
     unpacked = runtime_registry.data_dir / "bundles" / digest.replace(":", "-")
     code = (bundle / "predict.py").read_bytes()

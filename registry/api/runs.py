@@ -30,6 +30,7 @@ from modelhall.registry.auth.sharing import ShareLinkError, count_run
 from modelhall.registry.catalog import count_runs
 from modelhall.registry.gateway import get_deployments, recorded_caller, resolve_version, split_reference
 from modelhall.registry.runs import new_run_id, recorded_files, stored_inputs
+from modelhall.registry.media import file_answer_headers
 
 router = APIRouter(prefix="/api/v1/repos", tags=["runs"])
 TERMINAL = ("succeeded", "failed")
@@ -172,8 +173,10 @@ def get_run_file(owner: str, name: str, run_id: str, digest: str, request: Reque
     if digest not in files:
         raise HTTPException(404, f"run {run_id} has no file {digest[:80]}")
     data = b"".join(request.app.state.context.store.read(digest))
-    return Response(data, media_type=files[digest].get("mime_type", "application/octet-stream"),
-                    headers={"Content-Disposition": f'attachment; filename="{files[digest]["name"]}"'})
+    claimed = files[digest].get("mime_type")
+    media_type, headers = file_answer_headers(str(files[digest].get("name") or "file"),
+                                              claimed if isinstance(claimed, str) else None, data[:64])
+    return Response(data, media_type=media_type, headers=headers)  # not media: a download, whatever it claims
 
 
 @router.get("/{owner}/{name_ref}/deployment/logs", response_class=PlainTextResponse)

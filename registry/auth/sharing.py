@@ -76,6 +76,12 @@ def grant_of(link: ShareLink) -> ShareGrant:
                       anonymous=link.anonymous)
 
 
+def current_grant(db: Session, link_id: int) -> ShareGrant | None:
+    """The grant of link ``link_id`` while it still opens something (as :func:`find_share_link` decides)."""
+    link = db.get(ShareLink, link_id)
+    return grant_of(link) if link is not None and link_state(link) in ("active", "used up") else None
+
+
 def count_run(db: Session, link_id: int) -> None:
     """Count one run against the link's quota, atomically; a :class:`ShareLinkError` (429) once it is used up."""
     counted = db.execute(update(ShareLink).where(

@@ -137,6 +137,15 @@ class GalleryAPI:
     def delete_version(self, name: str, digest: str) -> None:
         self._call("DELETE", f"/v2/{name}/manifests/{digest}")
 
+    def demo_ticket(self, name: str) -> dict[str, str]:
+        """Where the viewer's browser opens the model's demo (``url``, on the demo origin: a ticket
+        that opens it once, within a minute) and its address for API clients (``api``)."""
+        return self._call("POST", f"/api/v1/repos/{name}/demo-ticket").json()
+
+    def shared_demo_ticket(self) -> dict[str, str]:
+        """As :meth:`demo_ticket`, for the model the viewer's share link opens."""
+        return self._call("POST", "/api/v1/shared/demo-ticket").json()
+
     def shared(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/shared").json()
 

@@ -66,6 +66,21 @@ def deployment_note(api: GalleryAPI, name: str) -> None:
         st.info("The model is asleep and wakes when the demo opens; the first answer takes a little longer.")
 
 
+def demo_entry(api: GalleryAPI, name: str) -> dict[str, str] | None:
+    """The demo's address on the demo origin for this viewer (see :meth:`GalleryAPI.demo_ticket`),
+    asked for once per model and credential in a viewer's session: a new ticket on every rerun would
+    reload the iframe and lose what the viewer did in the demo. The cookie the demo origin gave for
+    the first one keeps the demo open after the ticket is spent."""
+    remembered = f"demo-entry:{name}:{api.viewer.token or ''}"
+    if remembered not in st.session_state:
+        try:
+            st.session_state[remembered] = api.demo_ticket(name)
+        except GalleryError as error:
+            st.info(f"The demo cannot be opened: {error}")
+            return None
+    return st.session_state[remembered]
+
+
 def show_snippets(by_language: dict[str, str]) -> None:
     for language, code in by_language.items():
         st.markdown(f"**{language}**")
@@ -104,7 +119,9 @@ def render(api: GalleryAPI, name: str) -> None:
     tabs = st.tabs(["Demo", "Model card", "Signature", "Versions", "Use the API", "Runs", "Settings"])
     with tabs[0]:
         deployment_note(api, name)
-        st.iframe(f"{api.browser_url}/demo/{name}/", height=DEMO_HEIGHT)
+        entry = demo_entry(api, name)
+        if entry:
+            st.iframe(entry["url"], height=DEMO_HEIGHT)
     with tabs[1]:
         st.markdown(card_text or "_This model has no model card._")
     with tabs[2]:
@@ -112,8 +129,8 @@ def render(api: GalleryAPI, name: str) -> None:
     with tabs[3]:
         st.dataframe(versions_table(versions), hide_index=True)
     with tabs[4]:
-        show_snippets(snippets(f"{api.browser_url}/api/v1/repos/{name}/predict", f"{api.browser_url}/demo/{name}/",
-                               spec, "token"))
+        demo_api = entry["api"] if entry else f"{api.browser_url}/demo/{name}/"
+        show_snippets(snippets(f"{api.browser_url}/api/v1/repos/{name}/predict", demo_api, spec, "token"))
     with tabs[5]:
         try:
             runs_section(api.runs(name))

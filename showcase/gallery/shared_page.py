@@ -35,14 +35,17 @@ def render(api: GalleryAPI, token: str) -> None:
              f"{shared['runs_left']} runs left" if shared["runs_left"] is not None else None]
     st.caption(" · ".join(fact for fact in facts if fact))
     tabs = st.tabs(["Demo", "Model card", "Signature", "Use the API", "Your runs"])
+    remembered = f"shared-demo-entry:{token}"  # once per session, as model_page.demo_entry says why
+    if remembered not in st.session_state:
+        st.session_state[remembered] = api.shared_demo_ticket()
+    entry = st.session_state[remembered]
     with tabs[0]:
-        st.iframe(f"{api.browser_url}/s/{token}?to=demo", height=DEMO_HEIGHT)
+        st.iframe(entry["url"], height=DEMO_HEIGHT)
     with tabs[1]:
         st.markdown(card_text or "_This model has no model card._")
     with tabs[2]:
         st.dataframe(signature_table(spec), hide_index=True)
     with tabs[3]:
-        show_snippets(snippets(f"{api.browser_url}/api/v1/shared/predict", f"{api.browser_url}{shared['demo']}",
-                               spec, "share"))
+        show_snippets(snippets(f"{api.browser_url}/api/v1/shared/predict", entry["api"], spec, "share"))
     with tabs[4]:
         runs_section(api.shared_runs())
