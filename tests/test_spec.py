@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from modelhall.spec import SpecError, parse_spec_json, parse_spec_yaml
+from modelhall.spec import SpecError, load_spec_file, parse_spec_json, parse_spec_yaml
 from modelhall.spec.fields import INPUT_TYPES, OUTPUT_TYPES, parse_size
 
 EVERY_TYPE = """
@@ -157,3 +158,65 @@ def test_schema_command_prints_a_json_schema() -> None:
     schema = json.loads(result.stdout)
     assert set(schema["required"]) == {"name", "runtime"}
     assert "ImageInput" in schema["$defs"]
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ("package: {requirements_file: /proc/self/environ}",
+     "modelhall.yaml:3: package.requirements_file: '/proc/self/environ' is an absolute path"),
+    ("package: {requirements: ../../secret.key}",
+     "modelhall.yaml:3: package.requirements: '../../secret.key' leaves the bundle through '..'"),
+    ("package: {python: ./python.sh}", "modelhall.yaml:3: package.python: './python.sh' is not a Python version"),
+    ("package: {python: 3.10}", "modelhall.yaml:3: package.python: write the version as text, such as '3.10'"),
+    ("files: {weights: [../*.bin]}", "modelhall.yaml:3: files.weights: '../*.bin' leaves the bundle"),
+    ("examples: [{photo: /etc/shadow}]", "modelhall.yaml:3: examples[0].photo: '/etc/shadow' is an absolute path"),
+    ("outputs: [{name: o, type: image, path: /srv/x}]", "modelhall.yaml:3: outputs[0].path: '/srv/x' is an absolute"),
+])
+def test_a_path_outside_the_bundle_is_refused_by_field(change: str, expected: str) -> None:
+    text = ("name: paths\nruntime: {adapter: python, entrypoint: predict.py:predict}\n" + change + "\n"
+            + ("inputs: [{name: photo, type: image}]\n" if "examples" in change else ""))
+    assert [problem for problem in problems_of(text) if problem.startswith(expected)], problems_of(text)
+
+
+@pytest.mark.parametrize(("runtime", "field"), [
+    ("{adapter: python, entrypoint: ../lib/predict.py:predict}", "runtime.entrypoint"),
+    ("{adapter: command, command: run, workdir: /opt}", "runtime.workdir"),
+    ("{adapter: huggingface, model: ../models}", "runtime.model"),
+    ("{adapter: huggingface, gguf_file: ../../x.gguf}", "runtime.gguf_file"),
+])
+def test_runtime_paths_stay_in_the_bundle(runtime: str, field: str) -> None:
+    [problem] = problems_of(f"name: paths\nruntime: {runtime}\n")
+    assert problem.startswith(f"modelhall.yaml:2: {field}: ")
+
+
+def test_paths_inside_the_bundle_and_versions_are_accepted() -> None:
+    spec = parse_spec_yaml("name: ok\nruntime: {adapter: python, entrypoint: src/predict.py:predict}\n"
+                           "package: {requirements: ./deps/requirements.txt, python: '3.10'}\n"
+                           "resources: {disk: 512Mi, processes: 32}\n")
+    assert (spec.package.requirements, spec.package.python) == ("./deps/requirements.txt", "3.10")
+    assert (spec.resources.disk, spec.resources.processes) == (512 * 1024**2, 32)
+
+
+def test_a_link_out_of_the_bundle_is_refused_when_the_spec_is_loaded(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"not for the demo")
+    bundle = tmp_path / "bundle"
+    (bundle / "examples").mkdir(parents=True)
+    (bundle / "examples" / "cat.png").symlink_to(outside)
+    (bundle / "modelhall.yaml").write_text("name: linked\nruntime: {adapter: python, entrypoint: predict.py:predict}\n"
+                                           "inputs: [{name: photo, type: image}]\n"
+                                           "examples:\n  - {photo: examples/cat.png}\n")
+    with pytest.raises(SpecError) as refused:
+        load_spec_file(bundle)
+    assert str(refused.value) == ("modelhall.yaml:5: examples[0].photo: leads outside the bundle through a symbolic "
+                                  "link; name a file in it")
+
+
+def test_a_spec_file_that_links_out_of_the_bundle_is_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "settings.yaml"
+    secret.write_text("name: the-registry-secret\n")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "modelhall.yaml").symlink_to(secret)
+    with pytest.raises(SpecError) as refused:
+        load_spec_file(bundle)
+    assert "registry-secret" not in str(refused.value) and "not a link out of it" in str(refused.value)

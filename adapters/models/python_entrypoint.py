@@ -2,6 +2,13 @@
 
 A class is instantiated once and its ``setup()`` called at load time; each prediction
 calls ``predict(**inputs)``. Image inputs arrive as PIL images.
+
+Each call has the spec's time limit (``runtime.timeout``). The call runs in a thread of its
+own; past the limit it is abandoned and fails with a :class:`ModelError`, and the worker
+serves the next calls. A subprocess could be killed instead, but the model lives in this
+process — loaded once, often gigabytes, with threads (torch, OpenMP) that a ``fork`` would
+break — so each call would have to load it again. An abandoned call keeps its thread until
+it returns: it still uses the worker's CPUs and memory, which the sandbox limits.
 """
 
 from __future__ import annotations
@@ -9,6 +16,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +66,26 @@ class PythonAdapter:
         for field in self.spec.inputs:
             if isinstance(field, ImageInput) and arguments.get(field.name) is not None:
                 arguments[field.name] = Image.open(arguments[field.name])
+        return call_with_time_limit(self._predict, arguments, self.spec.runtime.timeout)
+
+
+def call_with_time_limit(function: Callable[..., Any], arguments: dict[str, Any], seconds: float) -> Any:
+    """``function(**arguments)`` in a daemon thread, waited for ``seconds`` at most; any exception it raises,
+    or running out of time, is a :class:`ModelError`."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
         try:
-            return self._predict(**arguments)
-        except Exception as error:  # the author's code: any exception is the model failing
-            raise ModelError(f"{type(error).__name__}: {error}") from error
+            outcome["result"] = function(**arguments)
+        except BaseException as error:  # noqa: BLE001 - the author's code: any exception is the model failing
+            outcome["error"] = error
+
+    thread = threading.Thread(target=call, name="prediction", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ModelError(f"the prediction took longer than {seconds:g} s (runtime.timeout) and was abandoned")
+    if "error" in outcome:
+        error = outcome["error"]
+        raise ModelError(f"{type(error).__name__}: {error}") from error
+    return outcome["result"]

@@ -14,7 +14,7 @@ another worker's socket, and no directory it shares with any other worker.
 
     <data dir>/
     ├── environments/            built by EnvironmentBuilder
-    ├── uv-cache/                shared download cache
+    ├── uv-cache/<build>/        each build's own download cache and temp files, removed after it
     ├── logs/<socket name>.log   each worker's stdout and stderr
     └── sandboxes/<name>/tmp/    each worker's private, writable temp dir
     <temp dir>/modelhall-<id>/   the workers' sockets, for the registry only (short paths: Unix
@@ -23,8 +23,10 @@ another worker's socket, and no directory it shares with any other worker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,13 +43,25 @@ from modelhall.adapters.runtimes.environments import (
     EnvironmentSpec,
     default_python,
     parse_requirements,
+    read_requirements,
     split_by_installed,
 )
-from modelhall.adapters.runtimes.sandbox import bwrap_command, bwrap_path, gpu_devices, limits, platform_paths
+from modelhall.adapters.runtimes.sandbox import (
+    Limits,
+    bwrap_command,
+    bwrap_path,
+    gpu_devices,
+    limits,
+    platform_paths,
+)
 from modelhall.spec import Spec, load_spec_file
 
 class NoGPUError(UnschedulableError):
     """The spec asks for GPUs this machine does not have free, and allows no CPU fallback."""
+
+
+class NetworkNotAllowedError(UnschedulableError):
+    """The spec asks for network access, which this registry's operator has not allowed."""
 
 
 def detect_gpus() -> list[str]:
@@ -62,12 +76,15 @@ def detect_gpus() -> list[str]:
 
 
 PLATFORM_PTH = "modelhall-platform.pth"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 STOP_GRACE_SECONDS = 5.0
 
 
 class LocalRuntime:
-    def __init__(self, data_dir: Path, sandboxed: bool | None = None, index_args: tuple[str, ...] = ()):
+    def __init__(self, data_dir: Path, sandboxed: bool | None = None, index_args: tuple[str, ...] = (),
+                 allow_network: bool = False):
         self.data_dir = data_dir.resolve()
+        self.allow_network = allow_network
         self.logs_dir = self.data_dir / "logs"
         self.sandboxes = self.data_dir / "sandboxes"
         tag = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
@@ -79,12 +96,13 @@ class LocalRuntime:
         self._gpu_holders: dict[str, WorkerHandle] = {}  # GPU id → the worker using it
 
     def build(self, bundle: Path) -> Build:
-        spec = load_spec_file(bundle)
+        """The version's environment, built in a sandbox if it is new (see :mod:`environments`)."""
+        spec = load_spec_file(bundle)  # every path it names stays inside the bundle, links followed
         if spec.package.type == "conda":
             raise ValueError("conda environments are not supported by the local runtime; use package.type: pip")
-        requirements_file = bundle / spec.package.requirements if spec.package.requirements else None
-        text = requirements_file.read_text() if requirements_file and requirements_file.exists() else ""
-        requirements = parse_requirements(text, spec.package.requirements or "requirements.txt")
+        source = spec.package.requirements or "requirements.txt"
+        text = read_requirements(bundle / source, source) if spec.package.requirements else ""
+        requirements = parse_requirements(text, source)
         python = spec.package.python or default_python()
         missing, provided = split_by_installed(requirements) if python == default_python() else (requirements, ())
         environment = self.environments.ensure(EnvironmentSpec(python, missing, provided))
@@ -93,9 +111,23 @@ class LocalRuntime:
                      log=(self.environments.root / f"{environment.record.key}.log").read_text(errors="replace"))
 
     def _link_platform(self, environment: Path) -> None:
-        (site_packages,) = environment.glob("lib/python*/site-packages")
-        platform = sysconfig.get_paths()["purelib"]
-        (site_packages / PLATFORM_PTH).write_text(f"import site; site.addsitedir({platform!r})\n")
+        """Write the platform's ``.pth`` into the environment, which a build filled: no link in it is
+        followed, lest a build make the registry write elsewhere (``lib`` → ``/etc/cron.d``)."""
+        folder = os.open(environment, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for part in ("lib", None, "site-packages"):
+                if part is None:  # lib/python3.X
+                    (part,) = [name for name in os.listdir(folder) if re.fullmatch(r"python\d+\.\d+", name)]
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+                os.close(folder)
+                folder = inner
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(PLATFORM_PTH, dir_fd=folder)
+            pth = os.open(PLATFORM_PTH, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+            with os.fdopen(pth, "w") as out:
+                out.write(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+        finally:
+            os.close(folder)
 
     def _assign_gpus(self, spec: Spec, worker: WorkerHandle) -> list[str]:
         wanted = spec.resources.gpu.count
@@ -116,6 +148,7 @@ class LocalRuntime:
 
     def start(self, bundle: Path, build: Build, digest: str, root_path: str) -> WorkerHandle:
         spec = load_spec_file(bundle)
+        network = self._network(spec)  # refused before anything is set up for the worker
         name = f"{digest.split(':')[-1][:12]}-{uuid.uuid4().hex[:6]}"
         self.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -128,8 +161,8 @@ class LocalRuntime:
         command = [str(environment / "bin" / "python"), "-m", "modelhall.showcase.worker", str(bundle),
                    "--fd", str(listener.fileno()), "--worker-id", name, "--digest", digest, "--root-path", root_path]
         if self.sandboxed:
-            command = bwrap_command(command, readable=[bundle, environment, *platform_paths()], private_tmp=private_tmp,
-                                    writable=[], workdir=bundle, network=spec.runtime.network,
+            command = bwrap_command(command, readable=[bundle, environment, *platform_paths()], writable=[],
+                                    workdir=bundle, network=network, limits=self._limits(spec, gpus),
                                     devices=gpu_devices(gpus))
         log = self.logs_dir / f"{name}.log"
         with log.open("ab") as out, listener:
@@ -137,7 +170,7 @@ class LocalRuntime:
                 command, cwd=bundle, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives a registry restart, which adopts it again
                 pass_fds=(listener.fileno(),),
-                preexec_fn=limits(spec.resources.memory, spec.resources.cpu),
+                preexec_fn=limits(self._limits(spec, gpus)),
                 env={**self._environment(spec, private_tmp), "CUDA_VISIBLE_DEVICES": ",".join(gpus)},
             )
         handle = WorkerHandle(f"{name}:{process.pid}", endpoint)
@@ -154,11 +187,35 @@ class LocalRuntime:
         return listener
 
     def _environment(self, spec: Spec, private_tmp: Path) -> dict[str, str]:
-        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+        """The worker's environment variables: none of the registry's settings or secrets. ``MALLOC_ARENA_MAX``
+        keeps glibc from reserving address space per thread, which ``RLIMIT_AS`` would count."""
+        keep = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TZ")}
         temp = "/tmp" if self.sandboxed else str(private_tmp)
-        return {**keep, "HOME": temp, "TMPDIR": temp, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-                "GRADIO_TEMP_DIR": f"{temp}/gradio", "PYTHONDONTWRITEBYTECODE": "1",
+        path = SANDBOX_PATH if self.sandboxed else os.environ.get("PATH", SANDBOX_PATH)
+        return {**keep, "PATH": path, "HOME": temp, "TMPDIR": temp, "HF_HUB_OFFLINE": "1",
+                "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": f"{temp}/gradio",
+                "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "2",
                 "MODELHALL_SANDBOXED": "1" if self.sandboxed else "0"}
+
+    @staticmethod
+    def _limits(spec: Spec, gpus: list[str]) -> Limits:
+        resources = spec.resources
+        return Limits(memory=resources.memory, cpus=resources.cpu, processes=resources.processes,
+                      disk=resources.disk, address_space=not gpus)
+
+    def _network(self, spec: Spec) -> bool:
+        """Whether the worker gets a network (its own, never the host's loopback): only if its spec asks and
+        the operator allows it (``MODELHALL_ALLOW_MODEL_NETWORK``)."""
+        if not spec.runtime.network:
+            return False
+        if not self.allow_network:
+            raise NetworkNotAllowedError("the model asks for network access (runtime.network: true), which this "
+                                         "registry does not allow (its operator can, with "
+                                         "MODELHALL_ALLOW_MODEL_NETWORK=true)")
+        if self.sandboxed and shutil.which("slirp4netns") is None:
+            raise NetworkNotAllowedError("the model asks for network access, but slirp4netns, which gives a "
+                                         "sandbox a network of its own, is not installed on this machine")
+        return True
 
     @staticmethod
     def _parts(worker: WorkerHandle) -> tuple[str, int]:

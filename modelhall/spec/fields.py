@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from modelhall.spec.paths import inside_bundle
+
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
@@ -121,6 +123,11 @@ class FileInputBase(InputBase):
     def _parse_size(cls, value: Any) -> Any:
         return None if value is None else parse_size(value)
 
+    @field_validator("destination")
+    @classmethod
+    def _in_bundle(cls, value: str | None) -> str | None:
+        return None if value is None else inside_bundle(value)
+
 
 class ImageInput(FileInputBase):
     type: Literal["image"]
@@ -144,6 +151,8 @@ class JsonInput(InputBase):
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
 
 
+FILE_INPUTS = (ImageInput, AudioInput, VideoInput, FileInput)
+
 Input = Annotated[
     Union[TextInput, NumberInput, IntegerInput, BooleanInput, ChoiceInput,
           ImageInput, AudioInput, VideoInput, FileInput, JsonInput],
@@ -153,6 +162,11 @@ Input = Annotated[
 
 class OutputBase(NamedField):
     path: str | None = Field(default=None, description="file or folder the command adapter reads it from")
+
+    @field_validator("path")
+    @classmethod
+    def _in_bundle(cls, value: str | None) -> str | None:
+        return None if value is None else inside_bundle(value)
 
 
 class TextOutput(OutputBase):

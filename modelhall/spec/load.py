@@ -7,6 +7,7 @@ YAML, its line: ``modelhall.yaml:14: inputs[1].type: 'picture' is not one of tex
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,12 @@ from pydantic import ValidationError
 
 from modelhall.spec.fields import INPUT_TYPES, OUTPUT_TYPES
 from modelhall.spec.model import Spec
+from modelhall.spec.paths import leaves_bundle
 
 SPEC_FILENAME = "modelhall.yaml"
 MAX_SHOWN_VALUE = 40
+MAX_SPEC_BYTES = 1024**2
+SUB_LOCATION = re.compile(r"^((?:\[\d+\])(?:\.\w+|\[\d+\])*): (.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -44,17 +48,38 @@ class SpecError(ValueError):
 
 
 def load_spec_file(path: Path) -> Spec:
-    """Parse a ``modelhall.yaml`` (or a bundle directory holding one)."""
+    """Parse a ``modelhall.yaml`` (or a bundle directory holding one), whose paths must all stay inside
+    the bundle once its symbolic links are followed; the spec file itself too."""
     if path.is_dir():
         path = path / SPEC_FILENAME
+    bundle = path.parent
+    if leaves_bundle(bundle, path.name) or (path.exists() and not path.is_file()):
+        raise SpecError([SpecProblem("", f"{SPEC_FILENAME} must be a file in the bundle, not a link out of it")])
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as spec_file:
+            raw = spec_file.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError([SpecProblem("", f"no {SPEC_FILENAME} found at {path}")]) from None
-    return parse_spec_yaml(text, source=path.name)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError([SpecProblem("", f"{SPEC_FILENAME} is larger than {MAX_SPEC_BYTES // 1024} KiB")], path.name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError([SpecProblem("", f"{SPEC_FILENAME} is not UTF-8 text")], path.name) from None
+    spec, root = _parse_yaml(text, path.name)
+    escaping = [SpecProblem(_render_path(loc), "leads outside the bundle through a symbolic link; name a file in it",
+                            _line_of(root, loc))
+                for loc, relative in spec.bundle_paths() if leaves_bundle(bundle, relative)]
+    if escaping:
+        raise SpecError(escaping, path.name)
+    return spec
 
 
 def parse_spec_yaml(text: str, source: str = SPEC_FILENAME) -> Spec:
+    return _parse_yaml(text, source)[0]
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Spec, yaml.Node | None]:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -63,7 +88,7 @@ def parse_spec_yaml(text: str, source: str = SPEC_FILENAME) -> Spec:
         line = mark.line + 1 if mark else None
         problem = getattr(error, "problem", None) or "is not valid YAML"
         raise SpecError([SpecProblem("", f"invalid YAML: {problem}", line)], source) from None
-    return _validate(data, source, root)
+    return _validate(data, source, root), root
 
 
 def parse_spec_json(data: bytes | str | dict[str, Any], source: str = "spec") -> Spec:
@@ -106,6 +131,10 @@ def _problem(detail: dict[str, Any], root: yaml.Node | None) -> SpecProblem:
         message = f"{_shown(detail.get('input'))} is not one of {allowed}"
     else:
         message = detail["msg"].removeprefix("Value error, ")
+        deeper = SUB_LOCATION.match(message)
+        if deeper:  # a validator of a list that names the item it refuses: "[0].photo: …"
+            loc = (*loc, *(int(part) if part.isdigit() else part for part in re.findall(r"\w+", deeper[1])))
+            message = deeper[2]
     return SpecProblem(_render_path(loc), message, _line_of(root, loc))
 
 

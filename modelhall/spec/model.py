@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from modelhall.spec.fields import Input, Output, parse_size
+from modelhall.spec.fields import FILE_INPUTS, Input, Output, parse_size
 from modelhall.spec.mlc import from_mlc_config, is_mlc_config
+from modelhall.spec.paths import inside_bundle, python_version
 from modelhall.spec.tasks import with_task_defaults
 
 NAME_PATTERN = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
@@ -25,7 +26,19 @@ class Runtime(_Section):
     model: str = Field(default=".", description="folder of the Hugging Face model inside the bundle")
     gguf_file: str | None = Field(default=None, description="a GGUF file in that folder to load the model from")
     timeout: float = Field(default=300, gt=0, description="seconds one prediction may take")
-    network: bool = False
+    network: bool = Field(default=False, description="outbound network access, if the operator allows it")
+
+    @field_validator("workdir", "model", "gguf_file")
+    @classmethod
+    def _in_bundle(cls, value: str | None) -> str | None:
+        return None if value is None else inside_bundle(value)
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_in_bundle(cls, value: str | None) -> str | None:
+        if value is not None and ":" in value:
+            inside_bundle(value.partition(":")[0])
+        return value
 
     @model_validator(mode="after")
     def _adapter_has_what_it_needs(self) -> Runtime:
@@ -44,6 +57,18 @@ class Package(_Section):
     requirements: str | None = Field(default=None, alias="requirements_file")
     python: str | None = Field(default=None, description="Python version, e.g. 3.11")
 
+    @field_validator("requirements")
+    @classmethod
+    def _in_bundle(cls, value: str | None) -> str | None:
+        return None if value is None else inside_bundle(value)
+
+    @field_validator("python", mode="before")
+    @classmethod
+    def _a_version(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ValueError(f"write the version as text, such as '3.10' (unquoted, YAML reads {value!r} as a number)")
+        return python_version(value) if isinstance(value, str) else value
+
 
 class Gpu(_Section):
     count: int = Field(default=0, ge=0)
@@ -53,12 +78,14 @@ class Gpu(_Section):
 
 class Resources(_Section):
     cpu: float = Field(default=1, gt=0)
-    memory: int = Field(default=2 * 1024**3, description="bytes, or a size such as 4Gi")
+    memory: int = Field(default=2 * 1024**3, gt=0, description="bytes, or a size such as 4Gi")
+    disk: int = Field(default=1024**3, gt=0, description="bytes of /tmp (in memory), or a size such as 512Mi")
+    processes: int = Field(default=256, ge=16, le=4096, description="processes and threads, all together")
     gpu: Gpu = Gpu()
 
-    @field_validator("memory", mode="before")
+    @field_validator("memory", "disk", mode="before")
     @classmethod
-    def _parse_memory(cls, value: Any) -> Any:
+    def _parse_size(cls, value: Any) -> Any:
         return parse_size(value)
 
     @field_validator("gpu", mode="before")
@@ -83,6 +110,11 @@ class Scaling(_Section):
 
 class Files(_Section):
     weights: list[str] = Field(default_factory=list, description="globs of files packed as separate layers")
+
+    @field_validator("weights")
+    @classmethod
+    def _in_bundle(cls, patterns: list[str]) -> list[str]:
+        return [inside_bundle(pattern) for pattern in patterns]
 
 
 class Spec(_Section):
@@ -140,5 +172,44 @@ class Spec(_Section):
                 raise ValueError(f"examples[{index}] names {unknown[0]!r}, which is not an input")
         return self
 
+    @field_validator("examples")
+    @classmethod
+    def _example_files_in_bundle(cls, examples: list[dict[str, Any]], info: ValidationInfo) -> list[dict[str, Any]]:
+        for (index, name), value in _example_files(info.data.get("inputs", []), examples).items():
+            try:
+                inside_bundle(value)
+            except ValueError as error:
+                raise ValueError(f"[{index}].{name}: {error}") from None
+        return examples
+
+    def bundle_paths(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Every path this spec names inside its bundle, relative to the bundle, with where it is named."""
+        runtime, workdir = self.runtime, self.runtime.workdir or "."
+        paths: list[tuple[tuple[str | int, ...], str]] = [(("runtime", "model"), runtime.model)]
+        if self.package.requirements:
+            paths.append((("package", "requirements_file"), self.package.requirements))
+        if runtime.entrypoint:
+            paths.append((("runtime", "entrypoint"), runtime.entrypoint.partition(":")[0]))
+        if runtime.workdir:
+            paths.append((("runtime", "workdir"), runtime.workdir))
+        if runtime.gguf_file:
+            paths.append((("runtime", "gguf_file"), f"{runtime.model}/{runtime.gguf_file}"))
+        for index, field in enumerate(self.inputs):
+            if getattr(field, "destination", None):
+                paths.append((("inputs", index, "destination"), f"{workdir}/{field.destination}"))
+        for index, output in enumerate(self.outputs):
+            if output.path:
+                paths.append((("outputs", index, "path"), f"{workdir}/{output.path}"))
+        files = _example_files(self.inputs, self.examples)
+        paths += [(("examples", index, name), value) for (index, name), value in files.items()]
+        return paths
+
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _example_files(inputs: list[Any], examples: list[dict[str, Any]]) -> dict[tuple[int, str], str]:
+    """The files the examples name, by (example, input): their values for file inputs."""
+    files = {field.name for field in inputs if isinstance(field, FILE_INPUTS)}
+    return {(index, name): value for index, example in enumerate(examples)
+            for name, value in example.items() if name in files and isinstance(value, str)}
