@@ -54,7 +54,8 @@ LOG_BYTES = 4 * 1024**2  # of the installer's output kept in <key>.log
 OUTPUT_BYTES = 1024**2  # of its output kept in memory, from the end (errors, freeze)
 MAX_REQUIREMENTS_BYTES = 1024**2
 # Settings of the operator's that uv needs to reach a package index; they reach the build's code too.
-UV_PASSTHROUGH = ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_NATIVE_TLS",
+UV_PASSTHROUGH = ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_NATIVE_TLS", "SSL_CERT_FILE",
+                  "SSL_CERT_DIR",
                   "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy",
                   "all_proxy")
 PIP_OPTIONS = frozenset({"-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-i", "--index-url",
