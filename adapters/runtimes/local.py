@@ -16,7 +16,7 @@ another worker's socket, and no directory it shares with any other worker.
     ├── environments/            built by EnvironmentBuilder
     ├── uv-cache/<build>/        each build's own download cache and temp files, removed after it
     ├── logs/<socket name>.log   each worker's stdout and stderr
-    └── sandboxes/<name>/tmp/    each worker's private, writable temp dir
+    └── sandboxes/<name>/tmp/    an unsandboxed worker's temp dir (a sandboxed one has a size-limited tmpfs)
     <temp dir>/modelhall-<id>/   the workers' sockets, for the registry only (short paths: Unix
                                  sockets allow ~100 bytes)
 """
@@ -152,8 +152,9 @@ class LocalRuntime:
         name = f"{digest.split(':')[-1][:12]}-{uuid.uuid4().hex[:6]}"
         self.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        private_tmp = self.sandboxes / name / "tmp"
-        private_tmp.mkdir(parents=True)
+        private_tmp = self.sandboxes / name / "tmp"  # an unsandboxed worker's temp dir (a sandbox has a tmpfs)
+        if not self.sandboxed:
+            private_tmp.mkdir(parents=True)
         listener = self._listen(self.sockets / f"{name}.sock")
         endpoint = f"unix:{listener.getsockname()}"
         gpus = self._assign_gpus(spec, WorkerHandle(f"{name}:0", endpoint))
