@@ -138,6 +138,10 @@ def platform_paths() -> list[Path]:
     from modelhall import adapters, registry, showcase, templates
 
     paths = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}
+    # Package folders outside the prefix (a venv layered on another by a .pth file); never the
+    # working directory or other sys.path entries, which may hold the registry's data.
+    paths.update(Path(entry).resolve() for entry in sys.path
+                 if Path(entry).name in ("site-packages", "dist-packages") and Path(entry).is_dir())
     paths.update(Path(package.__path__[0]).resolve() for package in (modelhall, adapters, registry, showcase, templates))
     return sorted(paths)
 
