@@ -318,3 +318,13 @@ class RunFile(Base):
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     digest: Mapped[str] = mapped_column(String(135), primary_key=True)
+
+
+class Lease(Base):
+    """Who does a piece of work that must happen once across replicas, until when (see registry/leases.py)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime]
