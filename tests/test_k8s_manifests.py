@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import json
 import os
 import re
 import shlex
@@ -62,7 +63,18 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 OPERATOR_SECRETS = {"production": {"modelhall-secrets", "modelhall-tls"}}
 # Settings read outside modelhall.settings.Settings: the gallery's public address (showcase/gallery/app.py),
 # and the Kubernetes runtime's, which the runtime adds to Settings (issue 16).
-OTHER_SETTINGS = {"MODELHALL_PUBLIC_URL", "MODELHALL_K8S_NAMESPACE", "MODELHALL_K8S_IMAGE"}
+OTHER_SETTINGS = {"MODELHALL_PUBLIC_URL", "MODELHALL_K8S_NAMESPACE", "MODELHALL_K8S_IMAGE", "MODELHALL_K8S_REGISTRY_URL",
+                  "MODELHALL_K8S_REGISTRY_NAMESPACE", "MODELHALL_K8S_REGISTRY_LABELS"}
+RUNTIME_MODULE = ROOT / "adapters" / "runtimes" / "kubernetes.py"
+# kubernetes client methods → (API group, resource, verb); list_* under a watch also needs watch.
+CLIENT_VERBS = {"create": "create", "read": "get", "patch": "patch", "replace": "update", "delete": "delete",
+                "list": "list"}
+CLIENT_RESOURCES = {"deployment": ("apps", "deployments"), "deployment_scale": ("apps", "deployments/scale"),
+                    "pod": ("", "pods"), "pod_log": ("", "pods/log"), "secret": ("", "secrets"),
+                    "job": ("batch", "jobs"), "event": ("", "events"),
+                    "network_policy": ("networking.k8s.io", "networkpolicies")}
+# Cluster-scoped reads the runtime makes and does without when refused (it then lets the scheduler decide).
+REFUSED_AND_HANDLED = {"list_node"}
 Manifest = dict[str, Any]
 
 
@@ -488,6 +500,53 @@ def test_network_policies_deny_by_default_and_keep_the_stores_to_the_registry(ov
             (rule,) = find(objects, "NetworkPolicy", store)["spec"]["ingress"]
             (peer,) = rule["from"]
             assert peer == {"podSelector": {"matchLabels": registry_labels}}
+
+
+def test_the_runtime_recognises_the_registry_pods(overlay: tuple[str, list[Manifest]]) -> None:
+    """The runtime's NetworkPolicies admit the pods its settings name: they must be the registry's."""
+    settings = generated(overlay[1], "ConfigMap", "modelhall-settings")["data"]
+    registry = find(overlay[1], "Deployment", "modelhall-registry")
+    assert selects(json.loads(settings["MODELHALL_K8S_REGISTRY_LABELS"]), registry["spec"]["template"]["metadata"]["labels"])
+    assert settings["MODELHALL_K8S_REGISTRY_NAMESPACE"] == registry["metadata"]["namespace"]
+    url = httpx.URL(settings["MODELHALL_K8S_REGISTRY_URL"])
+    service = find(overlay[1], "Service", "modelhall-registry")
+    assert url.host == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    assert url.port == next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http")
+
+
+def api_calls(source: str) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) of each kubernetes client call in ``source``."""
+    calls = set()
+    watched = set(re.findall(r"\.stream\(\s*self\.\w+\.(list_namespaced_\w+)", source))
+    for method in set(re.findall(r"\.((?:create|read|patch|replace|delete|list)_namespaced_\w+)\(", source)) | watched:
+        action, resource = method.split("_namespaced_")
+        group, plural = CLIENT_RESOURCES[resource]
+        calls.add((group, plural, CLIENT_VERBS[action]))
+        if method in watched:
+            calls.add((group, plural, "watch"))
+    return calls
+
+
+def test_the_role_grants_what_the_runtime_calls(overlay: tuple[str, list[Manifest]]) -> None:
+    if not RUNTIME_MODULE.exists():
+        pytest.skip("the Kubernetes runtime (adapters/runtimes/kubernetes.py) is not in this tree")
+    source = RUNTIME_MODULE.read_text()
+    granted = {(group, resource, verb) for rule in find(overlay[1], "Role", "modelhall-runtime")["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+    assert api_calls(source) - granted == set()
+    cluster_calls = set(re.findall(r"\.((?:create|read|patch|replace|delete|list)_(?!namespaced_)\w+)\(", source))
+    assert cluster_calls <= REFUSED_AND_HANDLED, "cluster-wide calls the Role cannot grant"
+
+
+def test_the_call_scan_reads_client_calls() -> None:
+    source = """
+        self.apps.patch_namespaced_deployment_scale(name, ns, body)
+        for event in w.stream(self.core.list_namespaced_pod, ns):
+        self.core.read_namespaced_pod_log(name, ns)
+        self.networking.replace_namespaced_network_policy(name, ns, body)
+    """
+    assert api_calls(source) == {("apps", "deployments/scale", "patch"), ("", "pods", "list"), ("", "pods", "watch"),
+                                 ("", "pods/log", "get"), ("networking.k8s.io", "networkpolicies", "update")}
 
 
 def test_every_setting_is_one_the_platform_reads(overlay: tuple[str, list[Manifest]]) -> None:
