@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -40,6 +41,7 @@ import yaml
 from typer.testing import CliRunner
 
 from modelhall.cli import app as cli_app
+from modelhall.cli.gallery import gallery_environment
 from modelhall.settings import Settings
 from tests.conftest import RegistryServer, free_port, require_tool, unavailable
 
@@ -462,6 +464,23 @@ def test_services_ingress_and_references_point_at_what_exists(overlay: tuple[str
             assert (kind, ref) in shipped or ref in OPERATOR_SECRETS.get(name, set()), f"{kind} {ref} is not shipped"
 
 
+def test_the_gallery_keeps_its_public_address_behind_the_ingress(dev: list[Manifest],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gallery's links back to itself (login and logout return there) and the Origin its calls carry
+    must be its public address, which the registry accepts as its own, not the address it listens on."""
+    settings = generated(dev, "ConfigMap", "modelhall-settings")["data"]
+    container = _container(find(dev, "Deployment", "modelhall-gallery"))
+    for name, value in {**settings, **{e["name"]: e["value"] for e in container["env"]}}.items():
+        monkeypatch.setenv(name, value)
+    args = container["args"]
+    environment = gallery_environment(int(args[args.index("--port") + 1]), os.environ["MODELHALL_URL"],
+                                      args[args.index("--host") + 1])
+    assert environment["MODELHALL_GALLERY_URL"] == settings["MODELHALL_GALLERY_URL"]
+    assert environment["MODELHALL_URL"] == "http://modelhall-registry.modelhall.svc:8600"
+    monkeypatch.delenv("MODELHALL_GALLERY_URL")
+    assert gallery_environment(8501, "http://127.0.0.1:8600")["MODELHALL_GALLERY_URL"] == "http://127.0.0.1:8501"
+
+
 def test_the_demo_origin_and_the_gallery_have_their_hosts(overlay: tuple[str, list[Manifest]]) -> None:
     objects = overlay[1]
     settings = generated(objects, "ConfigMap", "modelhall-settings")["data"]
@@ -634,6 +653,9 @@ def test_the_dockerfiles_are_multi_stage_pinned_and_non_root(image: str) -> None
     final = dockerfile_stages(path)[-1]
     user = [args for instruction, args in final if instruction == "USER"][-1]
     assert user == f"{PLATFORM_UID}:{PLATFORM_UID}"
+    # `modelhall` and `python` (the runtime's command for model pods) are the virtualenv's
+    (path,) = re.findall(r"\bPATH=(\S+)", " ".join(args for instruction, args in final if instruction == "ENV"))
+    assert path.split(":")[0] == "/opt/modelhall/bin"
 
 
 @pytest.mark.parametrize("broken, expected", [
@@ -689,6 +711,17 @@ def test_what_the_images_run_runs_here(image: str) -> None:
         assert executable, f"{program}: no Python package installs it"
         result = subprocess.run([str(executable), *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{program} {args}: {result.stderr}"
+
+
+def test_the_runtimes_command_runs_in_the_model_server_image() -> None:
+    """The runtime gives each model pod its own command (``python -m …``): ``python`` must be the image's
+    virtualenv, where modelhall is installed, and the module must be one the package has."""
+    if not RUNTIME_MODULE.exists():
+        pytest.skip("the Kubernetes runtime (adapters/runtimes/kubernetes.py) is not in this tree")
+    (command,) = re.findall(r"^BOOTSTRAP = (\[.*\])$", RUNTIME_MODULE.read_text(), re.MULTILINE)
+    program, flag, module = json.loads(command)
+    assert (program, flag) == ("python", "-m")
+    assert importlib.util.find_spec(module) is not None, module
 
 
 def test_the_model_server_image_has_uv() -> None:
