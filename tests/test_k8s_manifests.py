@@ -24,7 +24,9 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -711,6 +713,41 @@ def test_what_the_images_run_runs_here(image: str) -> None:
         assert executable, f"{program}: no Python package installs it"
         result = subprocess.run([str(executable), *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{program} {args}: {result.stderr}"
+
+
+def build_context(dockerfile: Path, context: Path) -> None:
+    """The files the build stage's COPY lines put in the image, laid out under ``context`` as they would be
+    there (templates' weights left out: large, and optional)."""
+    for instruction, args in dockerfile_stages(dockerfile)[0]:
+        if instruction != "COPY":
+            continue
+        *sources, destination = args.split()
+        into = context / destination.lstrip("/")
+        for source in sources:
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, into, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.gguf"))
+            else:
+                into.mkdir(parents=True, exist_ok=True) if destination.endswith("/") else into.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, into / source if destination.endswith("/") else into)
+
+
+def test_the_build_stage_has_what_the_package_build_needs(tmp_path: Path) -> None:
+    """What the Dockerfiles copy into their build stage builds the package, with what it serves (migrations,
+    the gallery's app, the templates)."""
+    copies = {tuple(args for instruction, args in dockerfile_stages(path)[0] if instruction == "COPY")
+              for path in IMAGES.values()}
+    assert len(copies) == 1, "the images copy different sources: build each"
+    build_context(IMAGES["platform"], tmp_path / "context")
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path / "wheel"), str(tmp_path / "context" / "src")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("modelhall-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in ("modelhall/registry/migrations/env.py", "modelhall/showcase/gallery/app.py",
+                   "modelhall/cli/__init__.py", "modelhall/templates/hello/modelhall.yaml"):
+        assert needed in names, needed
 
 
 def test_the_runtimes_command_runs_in_the_model_server_image() -> None:
