@@ -816,7 +816,8 @@ def test_the_dev_object_store_serves_the_registry_with_the_dev_credentials(dev: 
     assert httpx.URL(settings["AWS_ENDPOINT_URL_S3"]).port == int(
         next(a for a in container["args"] if a.startswith("-s3.port=")).split("=")[1])
     log = (tmp_path / "weed.log").open("wb")
-    process = subprocess.Popen([str(weed), *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    process = subprocess.Popen([str(weed), *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                               env={**os.environ, "TMPDIR": str(tmp_path)})
 
     def client(key: str, secret: str) -> Any:
         return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name=settings["AWS_REGION"],
