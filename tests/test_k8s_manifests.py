@@ -6,10 +6,11 @@ unknown field is an error, as a real API server's strict field validation makes 
 policy checks below read the rendered output. Each check also runs on a deliberately broken copy,
 so a check that cannot fail would show.
 
-The images cannot be built here (no container engine), so the commands they run are run instead:
-the entry commands in the Dockerfiles and the manifests are parsed by the real CLI, the gallery's
-probe path is asked of a real gallery started the way its Deployment starts it, and SeaweedFS's
-flags are checked against the same version's ``weed``.
+The images cannot be built here (no container engine), so what they run is run instead, with the same
+packages: the entry commands of the Dockerfiles and the manifests are parsed by the real CLI, the build
+context the Dockerfiles copy builds the package, the registry's probe path is asked of a running
+registry, the gallery is started the way its Deployment starts it and asked its probe path, and
+SeaweedFS is started with the dev overlay's arguments and keys and used as the registry would use it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from typer.testing import CliRunner
 from modelhall.cli import app as cli_app
 from modelhall.cli.gallery import gallery_environment
 from modelhall.settings import Settings
-from tests.conftest import RegistryServer, free_port, require_tool, unavailable
+from conftest import RegistryServer, free_port, require_tool, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -728,8 +729,9 @@ def build_context(dockerfile: Path, context: Path) -> None:
                 shutil.copytree(ROOT / source, into, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.gguf"))
             else:
-                into.mkdir(parents=True, exist_ok=True) if destination.endswith("/") else into.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(ROOT / source, into / source if destination.endswith("/") else into)
+                file = into / source if destination.endswith("/") else into
+                file.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, file)
 
 
 def test_the_build_stage_has_what_the_package_build_needs(tmp_path: Path) -> None:
