@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -584,6 +585,9 @@ def test_every_setting_is_one_the_platform_reads(overlay: tuple[str, list[Manife
     assert image_violations(settings["MODELHALL_K8S_IMAGE"]) == []
     assert settings["MODELHALL_K8S_NAMESPACE"] == MODELS_NAMESPACE
     assert settings["MODELHALL_RUNTIME"] == "kubernetes"
+    # Model pods reach the registry only (their NetworkPolicy): a blob GET must not send them to the store.
+    storage = urllib.parse.urlsplit(settings["MODELHALL_STORAGE"])
+    assert storage.scheme == "s3" and dict(urllib.parse.parse_qsl(storage.query)).get("redirect") == "false"
 
 
 # ---------------------------------------------------------------- what the containers run
@@ -813,18 +817,24 @@ def test_the_dev_object_store_serves_the_registry_with_the_dev_credentials(dev: 
         args.append(arg)
     args += [f"-{flag}={port}" for flag, port in ports.items()]
     secrets = {k: base64.b64decode(v).decode() for k, v in generated(dev, "Secret", "modelhall-secrets")["data"].items()}
-    settings = generated(dev, "ConfigMap", "modelhall-settings")["data"]
-    bucket = httpx.URL(settings["MODELHALL_STORAGE"]).host
-    assert httpx.URL(settings["AWS_ENDPOINT_URL_S3"]).port == int(
+    storage = urllib.parse.urlsplit(generated(dev, "ConfigMap", "modelhall-settings")["data"]["MODELHALL_STORAGE"])
+    options = dict(urllib.parse.parse_qsl(storage.query))
+    bucket = storage.netloc
+    endpoint = urllib.parse.urlsplit(options["endpoint"])
+    service = find(dev, "Service", "seaweedfs")
+    assert endpoint.hostname == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    assert endpoint.port == service["spec"]["ports"][0]["port"] == int(
         next(a for a in container["args"] if a.startswith("-s3.port=")).split("=")[1])
+    assert options["redirect"] == "false", "presigned URLs would name a store nobody outside the cluster reaches"
     log = (tmp_path / "weed.log").open("wb")
     process = subprocess.Popen([str(weed), *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
                                env={**os.environ, "TMPDIR": str(tmp_path)})
 
     def client(key: str, secret: str) -> Any:
-        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name=settings["AWS_REGION"],
+        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name=options["region"],
                             aws_access_key_id=key, aws_secret_access_key=secret,
-                            config=botocore.config.Config(retries={"max_attempts": 1}))
+                            config=botocore.config.Config(retries={"max_attempts": 1},
+                                                          s3={"addressing_style": options["addressing"]}))
 
     registry = client(secrets["AWS_ACCESS_KEY_ID"], secrets["AWS_SECRET_ACCESS_KEY"])
     try:
