@@ -884,6 +884,16 @@ def test_the_gallery_answers_its_probe_under_its_path(dev: list[Manifest], tmp_p
             assert time.monotonic() < deadline, f"{path} did not answer"
             time.sleep(0.2)
         assert httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status_code != 200
+        process.terminate()  # as the kubelet stops a pod: SIGTERM to its command, which takes the gallery along
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+            except httpx.TransportError:
+                break
+            assert time.monotonic() < deadline, "the gallery outlived its command"
+            time.sleep(0.2)
     finally:
         process.terminate()
-        process.wait(timeout=20)
+        process.wait(timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ def gallery(port: Annotated[int, typer.Option(help="port to listen on")] = 8501,
             host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1") -> None:
     """Run the gallery against the registry at MODELHALL_URL."""
     process = start_gallery(port, load_settings().url, host)
+    # Stopped by SIGTERM (a container stop; as PID 1 it would otherwise ignore it): the gallery stops with it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: process.terminate())
     try:
         raise typer.Exit(process.wait())
     except KeyboardInterrupt:
