@@ -223,7 +223,7 @@ def rbac_violations(objects: list[Manifest]) -> list[str]:
         if o["kind"] != "Role":
             continue
         for rule in o.get("rules", []):
-            if rule.get("resourceNames") is None and "*" in rule.get("verbs", []):
+            if "*" in rule.get("verbs", []):
                 problems.append(f"{label(o)}: verb *")
             if rule.get("nonResourceURLs"):
                 problems.append(f"{label(o)}: nonResourceURLs")
@@ -371,6 +371,8 @@ RBAC_BREAKAGES: dict[str, tuple[Callable[[list[Manifest]], None], str]] = {
         {"apiGroups": [""], "resources": ["*"], "verbs": ["get"]}), "core/* is not on the list"),
     "configmaps": (lambda objects: find(objects, "Role", "modelhall-runtime")["rules"].append(
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}), "configmaps is not on the list"),
+    "every group": (lambda objects: find(objects, "Role", "modelhall-runtime")["rules"][0].update(apiGroups=["*"]),
+                    "*/deployments is not on the list"),
     "every verb": (lambda objects: find(objects, "Role", "modelhall-runtime")["rules"][0].update(verbs=["*"]),
                    "verb *"),
     "exec into pods": (lambda objects: find(objects, "Role", "modelhall-runtime")["rules"].append(
