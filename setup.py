@@ -23,4 +23,4 @@ def _packages() -> list[str]:
     return packages
 
 
-setup(packages=_packages(), package_dir=FOLDERS, package_data={"modelhall.templates": ["**/*"]})
+setup(packages=_packages(), package_dir=FOLDERS)

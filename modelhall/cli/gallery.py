@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,16 +24,26 @@ def gallery_command(port: int, host: str = "127.0.0.1") -> list[str]:
             "--server.fileWatcherType", "none"]
 
 
+def gallery_environment(port: int, registry_url: str, host: str = "127.0.0.1") -> dict[str, str]:
+    """The gallery reads the registry at ``registry_url``. Its own public address is
+    ``MODELHALL_GALLERY_URL`` when set (behind an ingress it is not the address it listens on), else the one
+    it listens on."""
+    return {**os.environ, "MODELHALL_URL": registry_url,
+            "MODELHALL_GALLERY_URL": os.environ.get("MODELHALL_GALLERY_URL") or f"http://{host}:{port}"}
+
+
 def start_gallery(port: int, registry_url: str, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
-    """The gallery as a child process; it reads the registry at ``registry_url``."""
-    env = {**os.environ, "MODELHALL_URL": registry_url, "MODELHALL_GALLERY_URL": f"http://{host}:{port}"}
-    return subprocess.Popen(gallery_command(port, host), env=env, stdin=subprocess.DEVNULL)
+    """The gallery as a child process."""
+    return subprocess.Popen(gallery_command(port, host), env=gallery_environment(port, registry_url, host),
+                            stdin=subprocess.DEVNULL)
 
 
 def gallery(port: Annotated[int, typer.Option(help="port to listen on")] = 8501,
             host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1") -> None:
     """Run the gallery against the registry at MODELHALL_URL."""
     process = start_gallery(port, load_settings().url, host)
+    # Stopped by SIGTERM (a container stop; as PID 1 it would otherwise ignore it): the gallery stops with it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: process.terminate())
     try:
         raise typer.Exit(process.wait())
     except KeyboardInterrupt:
