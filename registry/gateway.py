@@ -294,6 +294,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join([chunk async for chunk in _capped(request.stream(), limit)])
 
 
+async def prediction_body(request: Request, limit: int) -> bytes:
+    """An API prediction's body: within ``limit`` (:class:`BodyTooLarge`) and, if it is JSON, nested no
+    deeper than the platform keeps (:class:`TooDeep`). One that is not JSON goes on: the worker says
+    what it takes."""
+    body = await read_body(request, limit)
+    if "json" in request.headers.get("content-type", ""):
+        try:
+            load_json(body)
+        except TooDeep:
+            raise
+        except ValueError:
+            pass
+    return body
+
+
 def _body_of(request: Request, limit: int) -> AsyncIterator[bytes] | None:
     """The request's body as it arrives, cut off past ``limit`` bytes, or none for requests that have
     none (so none is sent)."""
@@ -302,13 +317,13 @@ def _body_of(request: Request, limit: int) -> AsyncIterator[bytes] | None:
 
 
 async def forward(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str], timeout: float,
-                  body: bytes, stranger: bool, after: BackgroundTask | None = None) -> Response:
+                  content: bytes, stranger: bool, after: BackgroundTask | None = None) -> Response:
     """One prediction to ``worker``, answered whole (so its slot is held until it is done), within
     ``timeout`` seconds and :data:`MAX_ANSWER_BYTES`."""
     client = request.app.state.worker_clients.get(worker)
     try:
         async with client.request(request.method, f"/{path}", params=list(request.query_params.multi_items()),
-                                  headers=_forward_headers(request, extra, stranger), data=body,
+                                  headers=_forward_headers(request, extra, stranger), data=content,
                                   allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             body = await read_bounded(response)
     except aiohttp.ClientError:
@@ -388,20 +403,14 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
         return JSONResponse({"detail": "not found"}, status_code=404)
     platform_max = request.app.state.context.settings.max_request_bytes
     limit = body_limit(version.spec, platform_max) if run_id else platform_max
-    body = b""
     try:
-        if run_id:
-            body = await read_body(request, limit)
-            if "json" in request.headers.get("content-type", ""):
-                load_json(body)
-        elif (_declared_length(request) or 0) > limit:
+        body = await prediction_body(request, limit) if run_id else b""
+        if (_declared_length(request) or 0) > limit:  # demo traffic: streamed, and cut off past the limit
             raise BodyTooLarge(limit)
     except BodyTooLarge:
         return too_large(limit)
     except TooDeep as error:
         return JSONResponse({"status": "invalid", "detail": f"the request body is refused: {error}"}, status_code=400)
-    except ValueError:
-        pass  # not JSON: the worker says what it takes
     caller, link_id = recorded_caller(db, principal, version)
     if link_id is not None and _is_prediction(request, path, run_id):
         try:

@@ -15,7 +15,6 @@ import pytest
 
 from conftest import RegistryServer, serve_registry
 from modelhall.bundle import pack_bundle
-from modelhall.templates import template_path
 from oci_helpers import http, push_packed
 from test_runtime import quick_hello
 from test_sharing import share, urlpath
