@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     token_ttl_seconds: int = 300
     max_manifest_bytes: int = 4 * 1024 * 1024
+    # The largest request body a prediction, an async run or a demo upload may have (bytes); a spec's own
+    # file limits (``max_size``) make it smaller for that model's predict API and async runs.
+    max_request_bytes: int = Field(default=64 * 1024**2, gt=0)
     unpack_max_bytes: int = 20 * 1024**3
     unpack_max_members: int = 100_000
     runtime: str = "local"

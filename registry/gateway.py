@@ -8,7 +8,12 @@ hands out (output files too) always reach the worker that made them, name the ex
 version, and never the owner (a reviewer with an anonymous share link sees that prefix only).
 The demo routes (:data:`demo_router`) are served on the demos' own origin, never the registry's
 (see ``demo_origin.py``); predict and the deployment status stay on the registry's (:data:`router`).
-Clients' own forwarding headers are dropped.
+Clients' own forwarding headers are dropped; a share link's holder is a stranger to the model, so
+their requests carry only the headers a worker needs (:data:`LINK_HEADERS`), nothing that tells who
+or where they are. Whoever may not see the repository without a link (or holds an anonymous one)
+gets messages that name nothing.
+Request bodies are capped (:func:`body_limit`: the spec's own file limits and the platform's
+``max_request_bytes``) with a ``413`` that names the limit; demo traffic is streamed through.
 While a model wakes, a browser gets a page that says so and reloads itself; an API
 client waits (up to the wake timeout) unless it sends ``Prefer: respond-async``, which
 gets a 503 with ``Retry-After`` at once.
@@ -31,12 +36,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
+from modelhall.bounded import TooDeep, load_json
 from modelhall.registry.api.repos import LATEST_TAG, versions_of, visible_repository
 from modelhall.registry.auth.policy import Action, permitted_actions
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.auth.sharing import ShareLinkError, count_run
 from modelhall.registry.context import get_db, get_principal
-from modelhall.registry.db.models import Deployment, Repository, Worker
+from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker
 from modelhall.registry.metadata import find_version
 from modelhall.adapters.runtimes.base import WorkerHandle
 from modelhall.registry.deployments import (
@@ -57,6 +63,11 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 FORWARDED = {"x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "x-forwarded-for", "x-gradio-server",
              "x-modelhall-run", "x-modelhall-caller", "x-modelhall-cold"}
 RETRY_AFTER = "2"
+# What a share link's holder sends on to the model: the request's form, never who or where they are
+# (no User-Agent, Referer, Accept-Language, cookies, client hints, forwarding headers, Origin).
+LINK_HEADERS = {"accept", "accept-encoding", "content-type", "content-encoding", "range", "if-range", "if-match",
+                "if-none-match", "if-modified-since", "if-unmodified-since", "cache-control", "last-event-id"}
+NO_SUCH_DEMO = "no such demo"
 
 
 def worker_gone() -> JSONResponse:
@@ -73,6 +84,37 @@ def get_deployments(request: Request) -> Deployments:
     return request.app.state.deployments
 
 
+def through_link(db: Session, principal: Principal, repository: Repository) -> bool:
+    """Whether ``principal`` reaches ``repository`` as a share link's holder: with a link for it, and no
+    member of it (its runs are then the link's, counted against it, and the model learns nothing of them)."""
+    share = principal.share
+    if share is None or share.repository_id != repository.id:
+        return False
+    without_link = replace(principal, share=None)
+    return Action.READ_RUNS not in permitted_actions(db, without_link, repository.name, repository)
+
+
+def may_name(db: Session, principal: Principal, repository: Repository) -> bool:
+    """Whether a message to ``principal`` may name ``repository``: not for an anonymous link's holder,
+    nor for anyone who sees it only through a link (they may not know its name)."""
+    share = principal.share
+    if share is None or share.repository_id != repository.id:
+        return True
+    if share.anonymous:
+        return False
+    without_link = replace(principal, share=None)
+    return Action.VIEW in permitted_actions(db, without_link, repository.name, repository)
+
+
+def newest_version(db: Session, repository: Repository) -> Manifest | None:
+    """The ``latest`` tag's bundle, or else the newest tagged one."""
+    manifest = find_version(db, repository, LATEST_TAG)
+    if manifest is None:  # every request pays this listing only then, not for each demo asset
+        versions = versions_of(db, repository)
+        manifest = versions[0][1] if versions else None
+    return manifest
+
+
 def resolve_version(db: Session, principal: Principal, name: str, reference: str | None,
                     action: Action = Action.RUN) -> Version:
     """The bundle a reference names: a tag, a digest, or (none) ``latest`` or else the newest tag;
@@ -81,19 +123,19 @@ def resolve_version(db: Session, principal: Principal, name: str, reference: str
     share = principal.share
     if reference is None and share is not None and share.repository_id == repository.id and share.digest:
         reference = share.digest
-    manifest = find_version(db, repository, reference or LATEST_TAG)
-    if manifest is None and reference is None:  # no "latest" tag: the newest version (every request pays
-        versions = versions_of(db, repository)  # this listing only then, not for each demo asset)
-        manifest = versions[0][1] if versions else None
+    manifest = find_version(db, repository, reference) if reference else newest_version(db, repository)
+    named = may_name(db, principal, repository)
+    missing = f"{name} has no version {reference or ''}".strip() if named else "no such version"
     if manifest is None:
-        raise LookupError(f"{name} has no version {reference or ''}".strip())
+        raise LookupError(missing)
     if manifest.spec is None:
-        raise LookupError(f"{name}@{manifest.digest} is not a Modelhall bundle, so it cannot run")
+        raise LookupError(f"{name}@{manifest.digest} is not a Modelhall bundle, so it cannot run" if named
+                          else "this version is not a Modelhall bundle, so it cannot run")
     permitted = permitted_actions(db, principal, name, repository, digest=manifest.digest)
     if action not in permitted and Action.VIEW in permitted:
-        raise HTTPException(403, f"you may not {action.value} {name}")
+        raise HTTPException(403, f"you may not {action.value} {name}" if named else f"you may not {action.value} this")
     if action not in permitted:  # a link pinned to another version
-        raise LookupError(f"{name} has no version {reference or ''}".strip())
+        raise LookupError(missing)
     return Version(repository=repository, digest=manifest.digest, spec=manifest.spec)
 
 
@@ -102,25 +144,26 @@ def version_by_key(db: Session, principal: Principal, key: str) -> Version:
     repository_id, _, digest = key.partition("@")
     repository = db.get(Repository, int(repository_id)) if repository_id.isdigit() else None
     if repository is None or not digest:
-        raise LookupError("no such demo")
+        raise LookupError(NO_SUCH_DEMO)
     try:
         return resolve_version(db, principal, repository.name, digest)
     except HTTPException as error:
         if error.status_code == 404:
-            raise LookupError("no such demo") from None
+            raise LookupError(NO_SUCH_DEMO) from None
         raise
+    except LookupError:
+        if may_name(db, principal, repository):
+            raise
+        raise LookupError(NO_SUCH_DEMO) from None
 
 
 def recorded_caller(db: Session, principal: Principal, version: Version) -> tuple[str | None, int | None]:
-    """Who a run is recorded as, and the share link to count it against: a run that only a share
-    link allows is the link's, never the person's (a reviewer stays anonymous to the author)."""
-    share = principal.share
-    if share is None or share.repository_id != version.repository.id:
+    """Who a run is recorded as, and the share link to count it against: a run made through a link is
+    the link's, never the person's (a reviewer stays anonymous to the author), on a public repository
+    too; only the repository's members run as themselves whatever link they carry."""
+    if principal.share is None or not through_link(db, principal, version.repository):
         return principal.name, None
-    without_link = replace(principal, share=None)
-    if Action.RUN in permitted_actions(db, without_link, version.repository.name, version.repository):
-        return principal.name, None
-    return share.caller, share.link_id
+    return principal.share.caller, principal.share.link_id
 
 
 def run_headers(request_or_app: Request | FastAPI, version: Version, source: str, caller: str | None, cold: bool,
@@ -133,12 +176,16 @@ def run_headers(request_or_app: Request | FastAPI, version: Version, source: str
     return {"x-modelhall-context": app.state.deployments.journals.tickets.issue(ticket)}
 
 
-def _forward_headers(request: Request, extra: dict[str, str]) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items()
-               if k.lower() not in HOP_BY_HOP | FORWARDED and not k.lower().startswith("x-modelhall-")}
+def _forward_headers(request: Request, extra: dict[str, str], stranger: bool) -> dict[str, str]:
+    """The headers a worker gets: for a share link's holder (``stranger``) only :data:`LINK_HEADERS`."""
+    if stranger:
+        headers = {k: v for k, v in request.headers.items() if k.lower() in LINK_HEADERS}
+    else:
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_BY_HOP | FORWARDED and not k.lower().startswith("x-modelhall-")}
+        headers["x-forwarded-for"] = request.client.host if request.client else ""
     headers["x-forwarded-host"] = request.headers.get("host", request.url.netloc)
     headers["x-forwarded-proto"] = request.url.scheme
-    headers["x-forwarded-for"] = request.client.host if request.client else ""
     return {**headers, **extra}
 
 
@@ -166,34 +213,117 @@ def _answer_headers(response: aiohttp.ClientResponse, dropped: frozenset[str] = 
     return {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | dropped | {"set-cookie"}}
 
 
-async def proxy(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str]) -> Response:
-    """Stream ``request`` to ``worker`` and the answer back (server-sent events included)."""
+async def proxy(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str], stranger: bool,
+                limit: int) -> Response:
+    """Stream ``request`` to ``worker`` (its body cut off past ``limit`` bytes) and the answer back
+    (server-sent events included)."""
     client = request.app.state.worker_clients.get(worker)
+    body = _body_of(request, limit)
     try:
         response = await client.request(request.method, f"/{path}", params=list(request.query_params.multi_items()),
-                                        headers=_forward_headers(request, extra), data=_body_of(request),
+                                        headers=_forward_headers(request, extra, stranger), data=body,
                                         allow_redirects=False, auto_decompress=False)
-    except aiohttp.ClientError:
+    except BodyTooLarge as error:
+        return too_large(error.limit)
+    except aiohttp.ClientError as error:
+        if isinstance(error.__cause__ or error.__context__, BodyTooLarge):
+            return too_large(limit)
         return worker_gone()
     return StreamingResponse(response.content.iter_any(), status_code=response.status,
                              headers=_answer_headers(response),  # raw bytes: they keep their encoding
                              background=BackgroundTask(response.release))
 
 
-def _body_of(request: Request) -> AsyncIterator[bytes] | None:
-    """The request's body as it arrives, or none for requests that have none (so none is sent)."""
+class BodyTooLarge(ValueError):
+    """A request body past the limit of where it goes (:func:`body_limit`)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"request bodies here may have at most {limit} bytes")
+        self.limit = limit
+
+
+def too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"status": "too_large", "limit": limit,
+                         "detail": f"the request body is larger than the {limit} bytes this model takes"},
+                        status_code=413)
+
+
+# What a spec's bounded inputs may take in a JSON body besides their values (names, quotes, commas).
+BODY_MARGIN = 64 * 1024
+FILE_TYPES = ("image", "audio", "video", "file")
+
+
+def body_limit(spec: dict[str, Any], platform_max: int) -> int:
+    """The largest request body a prediction of this model may send: the platform's maximum, or less
+    where every input of the spec is bounded (files by ``max_size``, as base64; text by ``max_length``,
+    at the six bytes a JSON escape may take per character)."""
+    total = BODY_MARGIN
+    for field in spec.get("inputs", []):
+        kind = field.get("type")
+        if kind in FILE_TYPES and field.get("max_size"):
+            total += -(-int(field["max_size"]) // 3) * 4 + 1024
+        elif kind == "text" and field.get("max_length"):
+            total += int(field["max_length"]) * 6
+        elif kind == "choice":
+            total += sum(len(choice) * 6 + 4 for choice in field.get("choices", []))
+        elif kind in FILE_TYPES or kind in ("text", "json"):
+            return platform_max  # unbounded by the spec
+    return min(total, platform_max)
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+async def _capped(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        yield chunk
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused (:class:`BodyTooLarge`) as soon as it passes ``limit`` bytes, or at once
+    when its ``Content-Length`` says it will."""
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
+    return b"".join([chunk async for chunk in _capped(request.stream(), limit)])
+
+
+async def prediction_body(request: Request, limit: int) -> bytes:
+    """An API prediction's body: within ``limit`` (:class:`BodyTooLarge`) and, if it is JSON, nested no
+    deeper than the platform keeps (:class:`TooDeep`). One that is not JSON goes on: the worker says
+    what it takes."""
+    body = await read_body(request, limit)
+    if "json" in request.headers.get("content-type", ""):
+        try:
+            load_json(body)
+        except TooDeep:
+            raise
+        except ValueError:
+            pass
+    return body
+
+
+def _body_of(request: Request, limit: int) -> AsyncIterator[bytes] | None:
+    """The request's body as it arrives, cut off past ``limit`` bytes, or none for requests that have
+    none (so none is sent)."""
     has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
-    return request.stream() if has_body else None
+    return _capped(request.stream(), limit) if has_body else None
 
 
 async def forward(request: Request, worker: WorkerHandle, path: str, extra: dict[str, str], timeout: float,
-                  after: BackgroundTask | None = None) -> Response:
+                  content: bytes, stranger: bool, after: BackgroundTask | None = None) -> Response:
     """One prediction to ``worker``, answered whole (so its slot is held until it is done), within
     ``timeout`` seconds and :data:`MAX_ANSWER_BYTES`."""
     client = request.app.state.worker_clients.get(worker)
     try:
         async with client.request(request.method, f"/{path}", params=list(request.query_params.multi_items()),
-                                  headers=_forward_headers(request, extra), data=await request.body(),
+                                  headers=_forward_headers(request, extra, stranger), data=content,
                                   allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             body = await read_bounded(response)
     except aiohttp.ClientError:
@@ -240,32 +370,56 @@ def split_reference(name_and_reference: str) -> tuple[str, str | None]:
     return name, reference or None
 
 
-GRADIO_PREDICTIONS = re.compile(r"^(gradio_api/)?(queue/join|call/[^/]+|run/[^/]+|api/[^/]+)/?$")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# The demo's requests that change something but run nothing: a file on its way to a prediction, a
+# queue's housekeeping. Every other request that is not a read may run the model.
+NOT_PREDICTIONS = re.compile(r"^(gradio_api/)?(upload|reset|cancel|heartbeat/[^/]*)$")
+
+
+def _normal_path(path: str) -> str:
+    """A path as a worker's router would match it: decoded, ``.``, ``..`` and repeated slashes resolved."""
+    return posixpath.normpath("/" + unquote(path).replace("\\", "/")).lstrip("/")
 
 
 def _is_prediction(request: Request, path: str, run_id: str | None) -> bool:
-    """An API prediction, or one of the demo's (Gradio's queue, call and run routes): what a share
-    link's quota counts, and the only requests that carry a run ticket."""
-    return run_id is not None or (request.method == "POST" and GRADIO_PREDICTIONS.match(path) is not None)
+    """An API prediction, or any demo request that may run the model (a ``POST`` to Gradio's queue,
+    call, run and API routes, to the worker's own ``/predict``, to anything but :data:`NOT_PREDICTIONS`):
+    what a share link's quota counts, and the only requests that carry a run ticket."""
+    if run_id is not None:
+        return True
+    return request.method not in SAFE_METHODS and NOT_PREDICTIONS.match(_normal_path(path)) is None
 
 
 def _is_internal(path: str) -> bool:
     """A path of the worker's own API for the registry (its journal), which no caller reaches."""
-    first = posixpath.normpath("/" + unquote(path).replace("\\", "/")).lstrip("/").split("/", 1)[0]
-    return first.lower() == "_internal"
+    return _normal_path(path).split("/", 1)[0].lower() == "_internal"
 
 
 async def serve_version(request: Request, version: Version, path: str, db: Session, principal: Principal,
                         run_id: str | None = None) -> Response:
+    """Every request to a version's worker passes here, whatever the route: the one place that caps
+    its body, counts a share link's predictions and decides what the worker learns of the caller."""
     if _is_internal(path):
         return JSONResponse({"detail": "not found"}, status_code=404)
+    platform_max = request.app.state.context.settings.max_request_bytes
+    limit = body_limit(version.spec, platform_max) if run_id else platform_max
+    try:
+        body = await prediction_body(request, limit) if run_id else b""
+        if (_declared_length(request) or 0) > limit:  # demo traffic: streamed, and cut off past the limit
+            raise BodyTooLarge(limit)
+    except BodyTooLarge:
+        return too_large(limit)
+    except TooDeep as error:
+        return JSONResponse({"status": "invalid", "detail": f"the request body is refused: {error}"}, status_code=400)
     caller, link_id = recorded_caller(db, principal, version)
     if link_id is not None and _is_prediction(request, path, run_id):
         try:
             count_run(db, link_id)
         except ShareLinkError as error:
             return JSONResponse({"status": "quota", "detail": str(error)}, status_code=error.status)
-    name = version.repository.name if link_id is None or not principal.share.anonymous else version.spec["name"]  # type: ignore[union-attr]
+    stranger = link_id is not None
+    named = may_name(db, principal, version.repository)
+    name = version.repository.name if named else version.spec["name"]
     db.close()  # its connection goes back to the pool: a wake-up, or a stream, may last minutes
     wait = not _wants_html(request) and "respond-async" not in request.headers.get("prefer", "")
     try:
@@ -274,12 +428,14 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
         if _wants_html(request):
             return HTMLResponse(STARTING_PAGE.format(name=name), status_code=503,
                                 headers={"Retry-After": RETRY_AFTER})
-        return JSONResponse({"status": "starting", "detail": str(starting)}, status_code=503,
-                            headers={"Retry-After": RETRY_AFTER})
+        return JSONResponse({"status": "starting", "detail": str(starting) if named else "the model is starting"},
+                            status_code=503, headers={"Retry-After": RETRY_AFTER})
     except Unschedulable as error:
-        return JSONResponse({"status": "unschedulable", "detail": str(error)}, status_code=503)
+        return JSONResponse({"status": "unschedulable", "detail": str(error) if named else
+                             "the model cannot be placed on any machine now"}, status_code=503)
     except DeploymentFailed as error:
-        return JSONResponse({"status": "failed", "detail": str(error)}, status_code=502)
+        return JSONResponse({"status": "failed", "detail": str(error) if named else
+                             "the model could not start; its author can see why"}, status_code=502)
     after = None
     if run_id:  # an API prediction: restart the idle clock, and put it in the run history once answered
         after = BackgroundTask(_after_prediction, get_deployments(request), awake.deployment_id)
@@ -288,10 +444,10 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
                if _is_prediction(request, path, run_id) else {})
     if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself, in one process
         primary = awake.pool.primary
-        return await proxy(request, primary, path, headers) if primary else worker_gone()
+        return await proxy(request, primary, path, headers, stranger, limit) if primary else worker_gone()
     try:
         async with get_deployments(request).slot(version, awake) as worker:
-            return await forward(request, worker, path, headers, version.call_timeout, after)
+            return await forward(request, worker, path, headers, version.call_timeout, body, stranger, after)
     except Overloaded as error:
         return JSONResponse({"status": "busy", "detail": str(error)}, status_code=429,
                             headers={"Retry-After": RETRY_AFTER})

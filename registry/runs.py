@@ -41,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 
 from modelhall.adapters.runtimes.base import Runtime, WorkerHandle
 from modelhall.adapters.storage import BlobStore
+from modelhall.bounded import MAX_JSON_DEPTH, load_json
 from modelhall.bundle.digests import digest_bytes
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.catalog import count_runs
@@ -48,6 +49,8 @@ from modelhall.registry.db.models import Manifest, Repository, Run, RunFile, Wor
 
 logger = logging.getLogger(__name__)
 LOG_LINES = 20
+MAX_LOG_BYTES = 16 * 1024  # of a run's stored log tail: a single line of stdout may be megabytes
+MAX_STORED_VALUE_BYTES = 64 * 1024  # an async run's input kept in the database; a larger one goes to the blob store
 MAX_STORED_FILE = 64 * 1024 * 1024
 MAX_JOURNAL_PAGE_BYTES = 8 * 1024 * 1024
 MAX_ENTRY_VALUES_BYTES = 256 * 1024
@@ -188,7 +191,7 @@ class JournalReader:
         body = _bounded_get(client, "/_internal/journal", {"after": after, "limit": JOURNAL_PAGE},
                             MAX_JOURNAL_PAGE_BYTES, deadline)
         try:
-            entries = json.loads(body)["entries"]
+            entries = load_json(body, MAX_JSON_DEPTH + 8)["entries"]  # an entry's values may be as deep as a request's
         except (ValueError, TypeError, KeyError) as error:
             raise JournalRefused("its journal is not the JSON the worker API defines") from error
         if not isinstance(entries, list):
@@ -216,7 +219,7 @@ class JournalReader:
                 if db.get(Run, ticket.run) is not None:
                     continue
                 if logs is None:
-                    logs = self.runtime.logs(_handle_of(db, worker_row), LOG_LINES)
+                    logs = log_tail(self.runtime.logs(_handle_of(db, worker_row), LOG_LINES))
                 stored: set[str] = set()
                 files = _Files(client, self.context.store, stored, deadline)
                 db.add(Run(
@@ -343,6 +346,14 @@ def _entry_problem(raw: Any, error: Exception) -> str:
     return f"entry {seq} refused: {error}"
 
 
+def log_tail(logs: str, limit: int = MAX_LOG_BYTES) -> str:
+    """The end of ``logs``, at most ``limit`` bytes of UTF-8 (cut at a character, marked where it was cut)."""
+    encoded = logs.encode()
+    if len(encoded) <= limit:
+        return logs
+    return "…" + encoded[-(limit - len("…".encode())):].decode(errors="ignore")
+
+
 def store_file(store: BlobStore, data: bytes, name: str) -> dict[str, Any]:
     digest = digest_bytes(data)
     if store.stat(digest) is None:
@@ -355,7 +366,9 @@ def file_inputs_as_json(store: BlobStore, inputs: dict[str, Any], stored: set[st
     base64 again. Any other value, one that names a digest included, goes to the model as it is."""
     request = {}
     for name, value in inputs.items():
-        if isinstance(value, dict) and value.get("digest") in stored:
+        if isinstance(value, dict) and value.get("digest") in stored and value.get("stored") == "json":
+            value = json.loads(b"".join(store.read(value["digest"])))
+        elif isinstance(value, dict) and value.get("digest") in stored:
             value = {"data": base64.b64encode(b"".join(store.read(value["digest"]))).decode(), "name": value["name"]}
         request[name] = value
     return request
@@ -385,7 +398,8 @@ def _base64(data: Any) -> bytes | None:
 
 
 def stored_inputs(store: BlobStore, inputs: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
-    """An async run's request inputs with base64 files moved into the blob store, and their digests."""
+    """An async run's request inputs with base64 files, and any value larger than
+    :data:`MAX_STORED_VALUE_BYTES` as JSON, moved into the blob store, and their digests."""
     kept, stored = {}, set()
     for name, value in inputs.items():
         data = _base64(value.get("data")) if isinstance(value, dict) else None
@@ -393,6 +407,11 @@ def stored_inputs(store: BlobStore, inputs: dict[str, Any]) -> tuple[dict[str, A
             file_name = value.get("name")
             value = store_file(store, data, file_name[:255] if isinstance(file_name, str) and file_name else name)
             stored.add(value["digest"])
+        else:
+            encoded = json.dumps(value).encode()
+            if len(encoded) > MAX_STORED_VALUE_BYTES:
+                value = {**store_file(store, encoded, f"{name}.json"), "stored": "json"}
+                stored.add(value["digest"])
         kept[name] = value
     return kept, stored
 

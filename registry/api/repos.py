@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from modelhall.registry.auth.policy import Action, Outcome, decide, member_clause, visible_clause
+from modelhall.registry.auth.policy import Action, Outcome, decide, member_clause, permitted_actions, visible_clause
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.api.schemas import (
     MAX_OFFSET,
@@ -44,6 +45,24 @@ def visible_repository(db: Session, principal: Principal, name: str, action: Act
     raise HTTPException(404, NOT_FOUND_DETAIL)
 
 
+def pinned_digest(db: Session, principal: Principal, repository: Repository) -> str | None:
+    """The one version that ``principal`` may see of ``repository``: a pinned share link's, for a holder
+    who sees the repository only through it (None: every version)."""
+    share = principal.share
+    if share is None or share.repository_id != repository.id or share.digest is None:
+        return None
+    if Action.VIEW in permitted_actions(db, replace(principal, share=None), repository.name, repository):
+        return None
+    return share.digest
+
+
+def visible_versions(db: Session, principal: Principal, repository: Repository) -> list[tuple[Tag, Manifest]]:
+    """The repository's tagged versions, newest first, that ``principal`` may see."""
+    pinned = pinned_digest(db, principal, repository)
+    versions = versions_of(db, repository)
+    return versions if pinned is None else [(tag, manifest) for tag, manifest in versions if manifest.digest == pinned]
+
+
 def summary(tag: Tag, manifest: Manifest) -> VersionSummary:
     return VersionSummary(tag=tag.name, digest=manifest.digest, version=(manifest.spec or {}).get("version"),
                           size=manifest.total_size, pushed_at=tag.updated_at)
@@ -67,10 +86,14 @@ def _has_thumbnail(db: Session, repository: Repository) -> bool:
                                                Manifest.thumbnail.is_not(None))) is not None
 
 
-def repository_out(db: Session, repository: Repository) -> RepositoryOut:
-    versions = versions_of(db, repository)
+def repository_out(db: Session, repository: Repository, principal: Principal | None = None) -> RepositoryOut:
+    """The repository as ``principal`` may see it (a pinned link: its one version; none: every version)."""
+    pinned = pinned_digest(db, principal, repository) if principal else None
+    versions = visible_versions(db, principal, repository) if principal else versions_of(db, repository)
     latest = next((v for v in versions if v[0].name == LATEST_TAG), versions[0] if versions else None)
-    card = repository_card(repository, _has_thumbnail(db, repository))
+    card = repository_card(repository, pinned is None and _has_thumbnail(db, repository))
+    if pinned is not None:
+        card.latest_digest = pinned
     return RepositoryOut(**card.model_dump(), latest=summary(*latest) if latest else None)
 
 
@@ -133,8 +156,9 @@ def facets(db: Session = Depends(get_db), principal: Principal = Depends(get_pri
 @router.get("/repos/{name:path}/thumbnail", include_in_schema=False)
 def thumbnail(name: str, db: Session = Depends(get_db), principal: Principal = Depends(get_principal)) -> Response:
     repository = visible_repository(db, principal, name)
+    digest = pinned_digest(db, principal, repository) or repository.latest_digest
     image = db.scalar(select(Manifest.thumbnail).where(Manifest.repository_id == repository.id,
-                                                       Manifest.digest == repository.latest_digest))
+                                                       Manifest.digest == digest))
     if image is None:
         raise HTTPException(404, f"{name} has no thumbnail")
     return Response(image, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
@@ -144,14 +168,14 @@ def thumbnail(name: str, db: Session = Depends(get_db), principal: Principal = D
 def list_versions(name: str, db: Session = Depends(get_db),
                   principal: Principal = Depends(get_principal)) -> list[VersionSummary]:
     repository = visible_repository(db, principal, name)
-    return [summary(tag, manifest) for tag, manifest in versions_of(db, repository)]
+    return [summary(tag, manifest) for tag, manifest in visible_versions(db, principal, repository)]
 
 
 @router.get("/repos/{name:path}/versions/{tag}", response_model=Version)
 def get_version(name: str, tag: str, db: Session = Depends(get_db),
                 principal: Principal = Depends(get_principal)) -> Version:
     repository = visible_repository(db, principal, name)
-    for version_tag, manifest in versions_of(db, repository):
+    for version_tag, manifest in visible_versions(db, principal, repository):
         if version_tag.name == tag:
             return Version(**summary(version_tag, manifest).model_dump(), spec=manifest.spec,
                            readme=manifest.readme, annotations=manifest.annotations)
@@ -161,7 +185,7 @@ def get_version(name: str, tag: str, db: Session = Depends(get_db),
 @router.get("/repos/{name:path}", response_model=RepositoryOut)
 def get_repository(name: str, db: Session = Depends(get_db),
                    principal: Principal = Depends(get_principal)) -> RepositoryOut:
-    return repository_out(db, visible_repository(db, principal, name))
+    return repository_out(db, visible_repository(db, principal, name), principal)
 
 
 @router.patch("/repos/{name:path}", response_model=RepositoryOut)

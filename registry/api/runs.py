@@ -28,7 +28,17 @@ from modelhall.registry.db.models import Deployment, Repository, Run, RunFile, W
 from modelhall.registry.deployments import Deployments, handle_of
 from modelhall.registry.auth.sharing import ShareLinkError, count_run
 from modelhall.registry.catalog import count_runs
-from modelhall.registry.gateway import get_deployments, recorded_caller, resolve_version, split_reference
+from modelhall.bounded import TooDeep, load_json
+from modelhall.registry.gateway import (
+    BodyTooLarge,
+    body_limit,
+    get_deployments,
+    read_body,
+    recorded_caller,
+    resolve_version,
+    split_reference,
+    too_large,
+)
 from modelhall.registry.runs import new_run_id, recorded_files, stored_inputs
 from modelhall.registry.media import file_answer_headers
 
@@ -99,8 +109,13 @@ async def start_run(owner: str, name_ref: str, request: Request, db: Session = D
         version = resolve_version(db, principal, f"{owner}/{name}", reference)
     except LookupError as error:
         raise HTTPException(404, str(error)) from None
+    limit = body_limit(version.spec, request.app.state.context.settings.max_request_bytes)
     try:
-        body = await request.json()
+        body = load_json(await read_body(request, limit))
+    except BodyTooLarge:
+        return too_large(limit)
+    except TooDeep as error:
+        raise HTTPException(400, f"the request body is refused: {error}") from None
     except ValueError:
         raise HTTPException(422, "the body must be JSON like {\"inputs\": {...}}") from None
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), dict):

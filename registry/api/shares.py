@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from modelhall.registry.api.repos import LATEST_TAG, visible_repository
+from modelhall.registry.api.repos import visible_repository
 from modelhall.registry.api.runs import run_json
 from modelhall.registry.api.schemas import MAX_ID
 from modelhall.registry.auth.policy import Action
@@ -35,8 +35,8 @@ from modelhall.registry.auth.sharing import ShareLinkError, create_share_link, f
 from modelhall.registry.context import get_db, get_principal
 from modelhall.registry.db.models import Repository, Run, ShareLink
 from modelhall.registry.deployments import Deployments
-from modelhall.registry.gateway import get_deployments, resolve_version, serve_version
-from modelhall.registry.metadata import find_manifest, find_version, resolve_tag
+from modelhall.registry.gateway import get_deployments, newest_version, resolve_version, serve_version
+from modelhall.registry.metadata import find_manifest, find_version
 from modelhall.registry.runs import new_run_id
 
 router = APIRouter(tags=["sharing"])
@@ -113,10 +113,14 @@ def revoke_share(owner: str, name: str, link_id: Annotated[int, PathParam(ge=1, 
 
 
 def _link_version_digest(db: Session, link: ShareLink, repository: Repository) -> str:
-    digest = link.digest or resolve_tag(db, repository, LATEST_TAG)
-    if digest is None:
+    """The version a link opens: the one it is pinned to, or the repository's newest (``latest``, or
+    else the newest tag, as the gateway picks it)."""
+    if link.digest:
+        return link.digest
+    newest = newest_version(db, repository)
+    if newest is None:
         raise HTTPException(404, "the shared model has no version yet")
-    return digest
+    return newest.digest
 
 
 @router.get("/s/{token}", include_in_schema=False)

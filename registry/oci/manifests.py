@@ -6,7 +6,6 @@ it names is already in the repository, and, for a Modelhall bundle, its spec is 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from modelhall.bounded import TooDeep, load_json
 from modelhall.bundle import mediatypes as mt
 from modelhall.bundle.digests import digest_bytes
 from modelhall.registry.auth.policy import Action
@@ -125,7 +125,9 @@ def _store_manifest(name: str, reference: str, body: bytes, request: Request, db
 def _parse(body: bytes, content_type: str | None) -> tuple[dict[str, Any], str]:
     """The manifest as JSON and its media type, or ``MANIFEST_INVALID`` saying what is wrong."""
     try:
-        document = json.loads(body)
+        document = load_json(body)
+    except TooDeep as error:
+        raise OCIError("MANIFEST_INVALID", f"the manifest is refused: {error}") from None
     except (ValueError, UnicodeDecodeError):
         raise OCIError("MANIFEST_INVALID", "the manifest is not valid JSON") from None
     if not isinstance(document, dict) or document.get("schemaVersion") != 2:
