@@ -42,13 +42,13 @@ def challenge(request: Request, scope: str | None = None, error: str | None = No
 
 
 class RepeatedChallenges:
-    """Registry tokens that were just told ``insufficient_scope`` for a scope, for a short while.
+    """Requests whose registry token was just told ``insufficient_scope``, for a short while.
 
     The Docker token flow answers a token that lacks a scope with ``401`` and the scope to ask
     for; Docker, containerd and oras-go then fetch a wider token. oras-py instead retries the same
     token once and fetches a new one only on ``403`` (RFC 6750's status for ``insufficient_scope``).
-    So the first answer is the standard ``401``, and the same token presented again for the same
-    scope within :attr:`window` seconds (a client that did not fetch a wider one) gets the same
+    So the first answer is the standard ``401``, and the same request with the same token again
+    within :attr:`window` seconds (a client that did not fetch a wider token) gets the same
     challenge as ``403``. In memory, per replica: a retry that reaches another replica gets ``401``
     again, which costs that client its retry, never any access.
     """
@@ -60,13 +60,16 @@ class RepeatedChallenges:
         self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def seen_before(self, authorization: str, scope: str) -> bool:
-        """Record this challenge; whether the same token was challenged for ``scope`` just now."""
-        key = (hashlib.sha256(authorization.encode()).hexdigest(), scope)
+    def seen_before(self, request: Request) -> bool:
+        """Record this challenge; whether the same request with the same token was challenged just now."""
+        authorization = request.headers.get("authorization", "")
+        key = (hashlib.sha256(authorization.encode()).hexdigest(), f"{request.method} {request.url}")
         now = time.monotonic()
         with self._lock:
             if len(self._seen) >= self.max_entries:
                 self._seen = {k: t for k, t in self._seen.items() if now - t < self.window}
+                if len(self._seen) >= self.max_entries:  # a flood: forgetting costs a retry, not access
+                    self._seen.clear()
             before = self._seen.get(key)
             self._seen[key] = now
         return before is not None and now - before < self.window
@@ -82,8 +85,7 @@ def insufficient_scope(request: Request, principal: Principal, name: str, action
     if not principal.presented_credentials:
         return OCIError("UNAUTHORIZED", headers=challenge(request, scope))
     headers = challenge(request, scope, "insufficient_scope")
-    authorization = request.headers.get("authorization", "")
-    status = 403 if principal.grants is not None and REPEATED_CHALLENGES.seen_before(authorization, scope) else 401
+    status = 403 if principal.grants is not None and REPEATED_CHALLENGES.seen_before(request) else 401
     return OCIError("UNAUTHORIZED", "the token does not cover this repository and action: get one for the scope named",
                     status=status, headers=headers)
 
