@@ -198,6 +198,7 @@ def test_deleting_a_blob_in_one_repository_never_loses_another_repositorys_uploa
     assert client.get(f"/v2/{user}/keeper/manifests/{digest}").status_code == 200
 
 
+@pytest.mark.parametrize("database_kind", ["sqlite"], indirect=True)  # the collector's queries: tested above on both
 def test_admin_gc_sweeps_what_a_crash_during_an_upload_left(fresh_registry: RegistryServer) -> None:
     """kill -9 during a monolithic upload leaves its bytes; a dry run lists them, --apply frees them."""
     registry = fresh_registry

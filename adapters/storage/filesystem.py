@@ -110,6 +110,7 @@ class FileBlobWriter:
         destination = self._store._blob_path(digest)
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._path, destination)
+        os.utime(destination)  # published now, however long ago the last chunk came: the collector's grace starts here
         self._store._hashers.drop(self._upload_id)
         return self._size
 
