@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     allow_model_network: bool = False  # a spec's runtime.network: true is refused unless the operator allows it
     wake_timeout: float = 120.0
     reaper_interval: float = 5.0
+    gc_interval: float = 3600.0  # seconds between garbage collections (registry/gc.py); 0: never
+    gc_blob_grace: float = 3600.0  # an unreferenced blob younger than this is kept (an upload in flight)
+    upload_ttl: float = 24 * 3600.0  # an upload session not written to for this long is swept
     oidc_providers: list[OIDCProvider] = Field(default_factory=list)  # env: a JSON list
     session_max_age: int = 14 * 24 * 3600
     gallery_url: str | None = None  # where the Streamlit gallery runs: logins may return there

@@ -26,6 +26,7 @@ from modelhall.registry.catalog import refresh_stale_catalogs
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
 from modelhall.registry.deployments import Deployments
+from modelhall.registry.gc import run_periodic_collection
 from modelhall.registry.redaction import install_redaction
 from modelhall.registry.security_headers import SecurityHeaders
 from modelhall.registry.runs import AsyncRunner
@@ -63,7 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper = asyncio.create_task(deployments.run_reaper(settings.reaper_interval))
         app.state.worker_clients = gateway.WorkerClients()
         async_runs = asyncio.create_task(AsyncRunner(context, partial(gateway.execute_async_run, app)).run_forever())
+        collector = asyncio.create_task(run_periodic_collection(context)) if settings.gc_interval > 0 else None
         yield
+        if collector:
+            collector.cancel()
         async_runs.cancel()
         await app.state.worker_clients.close()
         reaper.cancel()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -40,10 +40,10 @@ def linked_blob(db: Session, repository: Repository, digest: str) -> BlobLink | 
     return db.get(BlobLink, (repository.id, digest))
 
 
-def unlink_blob(db: Session, repository: Repository, digest: str) -> bool:
-    """Unlink a blob; True when no repository links it any more."""
+def unlink_blob(db: Session, repository: Repository, digest: str) -> None:
+    """Forget that ``repository`` holds a blob. Its bytes stay for the garbage collector
+    (``registry/gc.py``), which alone decides that nothing needs them any more."""
     db.execute(delete(BlobLink).where(BlobLink.repository_id == repository.id, BlobLink.digest == digest))
-    return db.scalar(select(func.count()).select_from(BlobLink).where(BlobLink.digest == digest)) == 0
 
 
 # Built once, as every request's statements are (see TOKEN_BY_HASH in auth/tokens.py).
@@ -102,16 +102,10 @@ def tags_of(db: Session, repository: Repository, after: str | None = None, limit
     return list(db.scalars(query))
 
 
-def delete_manifest(db: Session, repository: Repository, digest: str) -> bool:
-    """Delete a manifest and the tags naming it; True when no repository keeps its bytes."""
+def delete_manifest(db: Session, repository: Repository, digest: str) -> None:
+    """Delete a manifest and the tags naming it; its bytes stay for the garbage collector."""
     db.execute(delete(Tag).where(Tag.repository_id == repository.id, Tag.digest == digest))
     db.execute(delete(Manifest).where(Manifest.repository_id == repository.id, Manifest.digest == digest))
-    others = db.scalar(select(func.count()).select_from(Manifest).where(Manifest.digest == digest))
-    return others == 0 and linked_anywhere(db, digest) is False
-
-
-def linked_anywhere(db: Session, digest: str) -> bool:
-    return db.scalar(select(func.count()).select_from(BlobLink).where(BlobLink.digest == digest)) > 0
 
 
 def referrers_of(db: Session, repository: Repository, subject: str, artifact_type: str | None) -> list[Manifest]:

@@ -94,6 +94,18 @@ def test_push_pull_round_trip_and_skip_existing(registry: RegistryServer, tmp_pa
     assert raw["artifactType"] == "application/vnd.modelhall.bundle.v1"
 
 
+def test_push_under_a_new_name_mounts_the_blobs_the_namespace_holds(registry: RegistryServer, tmp_path: Path) -> None:
+    user, token = registry.user()
+    cli(registry, "push", str(TEMPLATE), f"{user}/hello:v1", token=token)
+    renamed = cli(registry, "push", str(TEMPLATE), f"{user}/renamed:v1", token=token)
+    assert "0 blobs uploaded, 3 already there" in renamed.stdout
+    cli(registry, "pull", f"{user}/renamed:v1", str(tmp_path / "out"), token=token)
+    assert files_in(tmp_path / "out") == files_in(TEMPLATE)
+    other, other_token = registry.user()
+    elsewhere = cli(registry, "push", str(TEMPLATE), f"{other}/hello:v1", token=other_token)
+    assert "3 blobs uploaded, 0 already there" in elsewhere.stdout  # another namespace's blobs are not found
+
+
 def test_push_public_then_anonymous_pull(registry: RegistryServer, tmp_path: Path) -> None:
     user, token = registry.user()
     cli(registry, "push", str(TEMPLATE), f"{user}/open:v1", "--public", token=token)

@@ -158,3 +158,17 @@ def test_anonymous_oras_pull_of_public_and_private(registry: RegistryServer, tmp
     with pytest.raises(ValueError, match="closed/manifests/v1: Not Found"):
         stranger.pull(target=f"{registry.host}/{user}/closed:v1", outdir=str(tmp_path / "stranger"))
     assert httpx.get(f"{registry.url}/v2/{user}/open/tags/list").json()["tags"] == ["v1"]
+
+
+def test_one_oras_client_pushes_to_two_repositories_and_pulls_both(registry: RegistryServer, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its registry token names the first repository; the second one's challenge gets it a wider token."""
+    user, token = registry.user()
+    (tmp_path / "weights.bin").write_bytes(os.urandom(50_000))
+    monkeypatch.chdir(tmp_path)
+    client = oras_client(registry, user, token)
+    for name in ("a", "b"):
+        client.push(target=f"{registry.host}/{user}/{name}:v1", files=["weights.bin"])
+    for name in ("a", "b"):
+        pulled = client.pull(target=f"{registry.host}/{user}/{name}:v1", outdir=str(tmp_path / name))
+        assert Path(pulled[0]).read_bytes() == (tmp_path / "weights.bin").read_bytes()

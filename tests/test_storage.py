@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,35 @@ def test_store_is_chosen_by_url(tmp_path: Path) -> None:
     assert isinstance(open_blob_store(f"file://{tmp_path}"), FileBlobStore)
     with pytest.raises(ValueError, match="unsupported storage URL 'ftp://x'"):
         open_blob_store("ftp://x")
+
+
+def test_blobs_and_uploads_are_listed_with_when_they_were_last_written(make_store: Callable[[], BlobStore]) -> None:
+    """What the garbage collector sweeps by: a blob's time is its publication, however old its chunks."""
+    store = make_store()
+    before = datetime.now(UTC) - timedelta(seconds=2)
+    store.put(sha256(b"{}"), b"{}")
+    pending = str(uuid.uuid4())
+    writer = store.writer(pending, append=False)
+    writer.write(b"half")
+    writer.close()
+    blobs = {item.name: item for item in store.blobs()}
+    uploads = {item.name: item for item in store.uploads()}
+    assert list(blobs) == [sha256(b"{}")] and blobs[sha256(b"{}")].size == 2
+    assert list(uploads) == [pending] and uploads[pending].size == 4
+    assert all(item.modified >= before for item in [*blobs.values(), *uploads.values()])
+    store.cancel_upload(pending)
+    store.delete(sha256(b"{}"))
+    assert list(store.blobs()) == [] and list(store.uploads()) == []
+
+
+def test_a_blob_committed_from_old_chunks_counts_as_written_when_it_was_published(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "store")
+    upload_id = str(uuid.uuid4())
+    writer = store.writer(upload_id, append=False)
+    writer.write(b"chunk sent two hours ago")
+    writer.close()
+    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).timestamp()
+    os.utime(store._upload_path(upload_id), (two_hours_ago, two_hours_ago))
+    assert next(store.uploads()).modified < datetime.now(UTC) - timedelta(hours=1)
+    store.writer(upload_id, append=True).commit(sha256(b"chunk sent two hours ago"))
+    assert next(store.blobs()).modified > datetime.now(UTC) - timedelta(minutes=5)

@@ -11,13 +11,14 @@ from modelhall.adapters.storage.base import (
     BlobStoreError,
     BlobWriter,
     DigestMismatchError,
+    StoredItem,
     UploadNotFoundError,
 )
 from modelhall.adapters.storage.filesystem import FileBlobStore
 
 __all__ = [
     "BlobNotFoundError", "BlobStore", "BlobStoreError", "BlobWriter", "DigestMismatchError",
-    "FileBlobStore", "UploadNotFoundError", "open_blob_store",
+    "FileBlobStore", "StoredItem", "UploadNotFoundError", "open_blob_store",
 ]
 
 

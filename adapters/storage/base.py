@@ -8,11 +8,16 @@ Contract every implementation keeps (``tests/test_storage.py`` runs it against e
   requests and across process restarts, so any replica can continue it.
 - ``BlobWriter.commit`` either publishes the verified blob or raises and publishes
   nothing; ``cancel`` throws the session's bytes away.
+- ``blobs`` and ``uploads`` list what is stored with when it was last written, for the
+  garbage collector (``registry/gc.py``); a blob that was just published, or an upload that
+  was just written to, shows a recent ``modified``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
@@ -33,6 +38,15 @@ class BlobNotFoundError(BlobStoreError, FileNotFoundError):
 
 class UploadNotFoundError(BlobStoreError, FileNotFoundError):
     pass
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """A published blob (``name`` is its digest) or an upload session's bytes (``name`` is its id)."""
+
+    name: str
+    size: int
+    modified: datetime  # aware, UTC: when it was last written (published, for a blob)
 
 
 class BlobWriter(Protocol):
@@ -73,3 +87,9 @@ class BlobStore(Protocol):
         """Publish small content (a manifest) in one call, verified like any upload."""
 
     def delete(self, digest: str) -> None: ...
+
+    def blobs(self) -> Iterator[StoredItem]:
+        """Every published blob, named by digest (for the garbage collector's sweep)."""
+
+    def uploads(self) -> Iterator[StoredItem]:
+        """Every upload session's bytes, named by upload id, finished or abandoned alike."""

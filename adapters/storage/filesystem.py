@@ -22,10 +22,11 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from modelhall.adapters.storage.base import BlobNotFoundError, DigestMismatchError, UploadNotFoundError
-from modelhall.bundle.digests import parse_digest
+from modelhall.adapters.storage.base import BlobNotFoundError, DigestMismatchError, StoredItem, UploadNotFoundError
+from modelhall.bundle.digests import InvalidDigestError, parse_digest
 
 READ_SIZE = 4 * 1024 * 1024
 MAX_CACHED_HASHERS = 256
@@ -109,6 +110,7 @@ class FileBlobWriter:
         destination = self._store._blob_path(digest)
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._path, destination)
+        os.utime(destination)  # published now, however long ago the last chunk came: the collector's grace starts here
         self._store._hashers.drop(self._upload_id)
         return self._size
 
@@ -187,3 +189,32 @@ class FileBlobStore:
 
     def delete(self, digest: str) -> None:
         self._blob_path(digest).unlink(missing_ok=True)
+
+    def blobs(self) -> Iterator[StoredItem]:
+        for path in (self.root / "blobs").glob("*/*/*"):
+            digest = f"{path.parent.parent.name}:{path.name}"
+            try:
+                if self._blob_path(digest) != path:
+                    continue  # not a name this store gives a blob (a stray file): never swept
+            except InvalidDigestError:
+                continue
+            if item := _stat_item(path, digest):
+                yield item
+
+    def uploads(self) -> Iterator[StoredItem]:
+        for path in (self.root / "uploads").iterdir():
+            try:
+                upload_id = str(uuid.UUID(path.name))
+            except ValueError:
+                continue
+            if upload_id == path.name and (item := _stat_item(path, upload_id)):
+                yield item
+
+
+def _stat_item(path: Path, name: str) -> StoredItem | None:
+    """What ``path`` holds, or None if it went (committed or deleted) while the store was listed."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return StoredItem(name=name, size=status.st_size, modified=datetime.fromtimestamp(status.st_mtime, UTC))

@@ -2,7 +2,7 @@
 
 import typer
 
-from modelhall.cli import accounts, bundles, gallery, models, runs, server, sharing
+from modelhall.cli import accounts, bundles, gallery, maintenance, models, runs, server, sharing
 
 app = typer.Typer(help="Share trained models as live, reproducible demos.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -20,6 +20,7 @@ app.command()(models.predict)
 app.command()(runs.runs)
 app.command()(runs.logs)
 app.command()(sharing.visibility)
+accounts.admin.command("gc")(maintenance.gc)
 app.add_typer(accounts.admin, name="admin")
 app.add_typer(models.importer, name="import")
 app.add_typer(sharing.share, name="share")

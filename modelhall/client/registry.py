@@ -115,6 +115,17 @@ class RegistryClient:
                                   headers={"Content-Type": "application/octet-stream"})
         raise_for_response(response, f"uploading {digest}")
 
+    def mount_blob(self, repository: str, digest: str) -> bool:
+        """Link a blob another repository of the namespace holds, without sending it; False if none
+        the caller may pull holds it (the registry then opens an upload session, dropped here)."""
+        response = self.http.post(f"/v2/{repository}/blobs/uploads/", params={"mount": digest})
+        if response.status_code == 201:
+            return True
+        raise_for_response(response, f"mounting {digest}")
+        if location := response.headers.get("location"):
+            self.http.delete(location)
+        return False
+
     def start_upload(self, repository: str) -> str:
         response = self.http.post(f"/v2/{repository}/blobs/uploads/")
         raise_for_response(response, "starting an upload")

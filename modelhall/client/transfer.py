@@ -39,7 +39,7 @@ def cache_dir() -> Path:
 class PushResult:
     digest: str
     uploaded: int
-    skipped: int
+    skipped: int  # already in the repository, or mounted from another repository of the namespace
 
 
 def progress_bar(console: Console) -> Progress:
@@ -75,7 +75,8 @@ def push_bundle(client: RegistryClient, reference: Reference, packed: PackedBund
     with progress_bar(console) as progress:
         task = progress.add_task(f"push {reference}", total=sum(blob.size for blob in packed.blobs))
         for blob in packed.blobs:
-            if client.blob_size(reference.repository, blob.digest) == blob.size:
+            if (client.blob_size(reference.repository, blob.digest) == blob.size
+                    or client.mount_blob(reference.repository, blob.digest)):
                 skipped += 1
                 progress.advance(task, blob.size)
                 continue

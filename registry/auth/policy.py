@@ -109,8 +109,9 @@ def permitted_actions(db: Session, principal: Principal, name: str, repository: 
     role = role_of(db, principal, namespace_of(name), repository)
     from_role = {action for action in RIGHTS_OF_ROLE.get(role or "", ()) if SCOPE_FOR[action] in principal.scopes}
     if repository is None:  # a push may create it, in a namespace one maintains (and then do the rest)
-        return frozenset(from_role) if role in ("maintainer", "owner") else frozenset()
-    actions = from_role | audience_rights(principal, repository) | share_rights(principal, repository, digest)
+        actions = set(from_role) if role in ("maintainer", "owner") else set()
+    else:
+        actions = from_role | audience_rights(principal, repository) | share_rights(principal, repository, digest)
     if honour_grants and principal.grants is not None:  # a registry token: the OCI actions it names, nothing else
         granted = {Action(a) for a in principal.grants.get(name, frozenset()) if a in OCI_ACTIONS}
         actions &= granted | ({Action.VIEW} if granted else set())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
+import time
 
 from fastapi import Request
 from sqlalchemy.orm import Session
@@ -38,6 +41,55 @@ def challenge(request: Request, scope: str | None = None, error: str | None = No
     return {"WWW-Authenticate": value}
 
 
+class RepeatedChallenges:
+    """Requests whose registry token was just told ``insufficient_scope``, for a short while.
+
+    The Docker token flow answers a token that lacks a scope with ``401`` and the scope to ask
+    for; Docker, containerd and oras-go then fetch a wider token. oras-py instead retries the same
+    token once and fetches a new one only on ``403`` (RFC 6750's status for ``insufficient_scope``).
+    So the first answer is the standard ``401``, and the same request with the same token again
+    within :attr:`window` seconds (a client that did not fetch a wider token) gets the same
+    challenge as ``403``. In memory, per replica: a retry that reaches another replica gets ``401``
+    again, which costs that client its retry, never any access.
+    """
+
+    window = 30.0
+    max_entries = 10_000
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def seen_before(self, request: Request) -> bool:
+        """Record this challenge; whether the same request with the same token was challenged just now."""
+        authorization = request.headers.get("authorization", "")
+        key = (hashlib.sha256(authorization.encode()).hexdigest(), f"{request.method} {request.url}")
+        now = time.monotonic()
+        with self._lock:
+            if len(self._seen) >= self.max_entries:
+                self._seen = {k: t for k, t in self._seen.items() if now - t < self.window}
+                if len(self._seen) >= self.max_entries:  # a flood: forgetting costs a retry, not access
+                    self._seen.clear()
+            before = self._seen.get(key)
+            self._seen[key] = now
+        return before is not None and now - before < self.window
+
+
+REPEATED_CHALLENGES = RepeatedChallenges()
+
+
+def insufficient_scope(request: Request, principal: Principal, name: str, action: Action) -> OCIError:
+    """The challenge for a repository and action the credential may have but the request's token lacks,
+    or that the request did not authenticate for. It names only the repository asked for."""
+    scope = f"repository:{name}:{CHALLENGE_ACTIONS[action]}"
+    if not principal.presented_credentials:
+        return OCIError("UNAUTHORIZED", headers=challenge(request, scope))
+    headers = challenge(request, scope, "insufficient_scope")
+    status = 403 if principal.grants is not None and REPEATED_CHALLENGES.seen_before(request) else 401
+    return OCIError("UNAUTHORIZED", "the token does not cover this repository and action: get one for the scope named",
+                    status=status, headers=headers)
+
+
 def require(request: Request, db: Session, principal: Principal, name: str, action: Action) -> Repository:
     """The repository ``name`` if ``principal`` may do ``action`` to it, else the OCI error.
 
@@ -46,9 +98,7 @@ def require(request: Request, db: Session, principal: Principal, name: str, acti
     validate_name(name)
     outcome, repository = decide(db, principal, name, action)
     if outcome is Outcome.CHALLENGE:
-        scope = f"repository:{name}:{CHALLENGE_ACTIONS[action]}"
-        error = "insufficient_scope" if principal.presented_credentials else None
-        raise OCIError("UNAUTHORIZED", headers=challenge(request, scope, error))
+        raise insufficient_scope(request, principal, name, action)
     if outcome is Outcome.NOT_FOUND:
         raise OCIError("NAME_UNKNOWN", NOT_FOUND_DETAIL)
     if outcome is Outcome.DENIED:

@@ -70,12 +70,10 @@ def get_blob(name: str, digest: str, request: Request, db: Session = Depends(get
 
 @router.delete("/v2/{name:path}/blobs/{digest}")
 def delete_blob(name: str, digest: str, request: Request, db: Session = Depends(get_db),
-                principal: Principal = Depends(get_principal),
-                context: RegistryContext = Depends(get_context)) -> Response:
+                principal: Principal = Depends(get_principal)) -> Response:
     repository = require(request, db, principal, name, Action.DELETE)
     if linked_blob(db, repository, checked_digest(digest)) is None:
         raise OCIError("BLOB_UNKNOWN", digest)
-    if unlink_blob(db, repository, digest):
-        context.store.delete(digest)
+    unlink_blob(db, repository, digest)  # the bytes go only when the garbage collector proves nothing needs them
     db.commit()
     return Response(status_code=202, headers={"Docker-Content-Digest": digest})

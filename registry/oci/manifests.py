@@ -45,11 +45,21 @@ def is_digest(reference: str) -> bool:
 
 
 def checked_reference(reference: str) -> str:
+    """A reference to push to: a valid digest or tag, else ``DIGEST_INVALID`` or ``TAG_INVALID``."""
     if is_digest(reference):
         return checked_digest(reference)
     if not TAG_PATTERN.match(reference):
-        raise OCIError("MANIFEST_INVALID", f"{reference[:80]!r} is not a valid tag")
+        raise OCIError("TAG_INVALID", f"{reference[:80]!r} is not a valid tag")
     return reference
+
+
+def existing_reference(reference: str) -> str:
+    """A reference to read or delete: one that is neither a valid tag nor a valid digest names
+    no manifest, so it is ``MANIFEST_UNKNOWN`` (404), as the distribution spec's conformance asks."""
+    try:
+        return checked_reference(reference)
+    except OCIError:
+        raise OCIError("MANIFEST_UNKNOWN", f"{reference[:80]!r} is neither a valid tag nor a digest") from None
 
 
 def find_by_reference(db: Session, repository: Repository, reference: str) -> Manifest:
@@ -65,7 +75,7 @@ def get_manifest(name: str, reference: str, request: Request, db: Session = Depe
                  principal: Principal = Depends(get_principal),
                  context: RegistryContext = Depends(get_context)) -> Response:
     repository = require(request, db, principal, name, Action.PULL)
-    manifest = find_by_reference(db, repository, checked_reference(reference))
+    manifest = find_by_reference(db, repository, existing_reference(reference))
     headers = {"Docker-Content-Digest": manifest.digest, "Content-Type": manifest.media_type,
                "Content-Length": str(manifest.size)}
     if request.method == "HEAD":
@@ -189,13 +199,11 @@ def _index(document: dict[str, Any], context: RegistryContext) -> BundleIndex | 
 
 @router.delete("/v2/{name:path}/manifests/{reference}")
 def delete_manifest_or_tag(name: str, reference: str, request: Request, db: Session = Depends(get_db),
-                           principal: Principal = Depends(get_principal),
-                           context: RegistryContext = Depends(get_context)) -> Response:
+                           principal: Principal = Depends(get_principal)) -> Response:
     repository = require(request, db, principal, name, Action.DELETE)
-    manifest = find_by_reference(db, repository, checked_reference(reference))
+    manifest = find_by_reference(db, repository, existing_reference(reference))
     if is_digest(reference):
-        if delete_manifest(db, repository, manifest.digest):
-            context.store.delete(manifest.digest)
+        delete_manifest(db, repository, manifest.digest)  # its bytes: see registry/gc.py
     else:
         delete_tag(db, repository, reference)
     refresh_catalog(db, repository)

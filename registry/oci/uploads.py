@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -21,7 +22,7 @@ from modelhall.adapters.storage import BlobWriter, DigestMismatchError, UploadNo
 from modelhall.registry.auth.policy import Action, Outcome, decide
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import RegistryContext, get_context, get_db, get_principal
-from modelhall.registry.db.models import Repository, UploadSession
+from modelhall.registry.db.models import BlobLink, Repository, UploadSession
 from modelhall.registry.metadata import link_blob, linked_blob
 from modelhall.registry.oci.access import require
 from modelhall.registry.oci.blobs import checked_digest
@@ -136,16 +137,24 @@ async def start_blob_upload(name: str, request: Request, db: Session = Depends(g
 
 
 def _mount(db: Session, principal: Principal, repository: Repository, digest: str, source: str) -> bool:
-    """Link a blob from ``source`` without sending it again, if the caller may read it there."""
-    outcome, source_repository = decide(db, principal, source, Action.PULL)
-    if outcome is not Outcome.ALLOW or source_repository is None:
-        return False
-    link = linked_blob(db, source_repository, digest)
-    if link is None:
-        return False
-    link_blob(db, repository, digest, link.size)
-    db.commit()
-    return True
+    """Link a blob without sending it again, from ``source`` or, without one, from another repository
+    of the same namespace; only where the caller may pull it. False: upload it instead."""
+    names = [source] if source else _namespace_holders(db, repository, digest)
+    for name in names:
+        outcome, source_repository = decide(db, principal, name, Action.PULL)
+        link = linked_blob(db, source_repository, digest) if outcome is Outcome.ALLOW and source_repository else None
+        if link is not None:
+            link_blob(db, repository, digest, link.size)
+            db.commit()
+            return True
+    return False
+
+
+def _namespace_holders(db: Session, repository: Repository, digest: str, limit: int = 20) -> list[str]:
+    """Other repositories of ``repository``'s namespace that hold ``digest`` (the spec's mount without ``from``)."""
+    return list(db.scalars(select(Repository.name).join(BlobLink, BlobLink.repository_id == Repository.id).where(
+        Repository.namespace == repository.namespace, Repository.id != repository.id, BlobLink.digest == digest,
+    ).order_by(Repository.name).limit(limit)))
 
 
 def _session(db: Session, repository: Repository, upload_id: str) -> UploadSession:
