@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
@@ -36,6 +37,7 @@ from modelhall.settings import Settings, load_settings
 
 
 SESSION_COOKIE = "modelhall_session"
+DOCS_ASSETS = "/docs/assets"
 
 
 def open_runtime(settings: Settings) -> Runtime:
@@ -69,7 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper.cancel()
         await run_in_threadpool(deployments.stop_all)
 
-    app = FastAPI(title="Modelhall registry", version="0.1.0", lifespan=lifespan,
+    # Swagger UI and ReDoc from the assets fastapi-offline ships, so /docs works with no internet.
+    app = FastAPIOffline(title="Modelhall registry", version="0.1.0", lifespan=lifespan,
+                         static_url=DOCS_ASSETS,
                   description="OCI Distribution API for model bundles, the Modelhall REST API, and the demo gateway.")
     app.state.context = context
     app.state.deployments = deployments
