@@ -64,10 +64,16 @@ def test_login_saves_credentials_readable_by_owner_only(registry: RegistryServer
 
 
 def test_init_then_validate(registry: RegistryServer, tmp_path: Path) -> None:
-    cli(registry, "init", str(tmp_path / "mine"), "--template", "hello")
-    assert "valid hello 0.1.0 (python adapter)" in cli(registry, "validate", str(tmp_path / "mine")).stdout
-    again = cli(registry, "init", str(tmp_path / "mine"), check=False)
+    cli(registry, "init", str(tmp_path / "my-model"), "--template", "hello")
+    assert "valid my-model 0.1.0 (python adapter)" in cli(registry, "validate", str(tmp_path / "my-model")).stdout
+    assert (tmp_path / "my-model" / "modelhall.yaml").read_text().startswith("# A minimal bundle")  # comments kept
+    again = cli(registry, "init", str(tmp_path / "my-model"), check=False)
     assert again.returncode == 1 and "exists already" in again.stderr
+    cli(registry, "init", str(tmp_path / "Other Folder"), "--template", "image-to-image", "--name", "snowy")
+    assert "valid snowy " in cli(registry, "validate", str(tmp_path / "Other Folder")).stdout
+    unnamed = cli(registry, "init", str(tmp_path / "Bad Name"), check=False)
+    assert unnamed.returncode == 1 and "pass one with --name" in unnamed.stderr
+    assert not (tmp_path / "Bad Name").exists()
 
 
 def test_validate_names_the_field_without_a_traceback(registry: RegistryServer, tmp_path: Path) -> None:
@@ -90,6 +96,9 @@ def test_push_pull_round_trip_and_skip_existing(registry: RegistryServer, tmp_pa
     inspected = cli(registry, "inspect", f"{registry.host}/{user}/hello:v2", token=token).stdout
     assert "weights/greetings.json" in inspected and "application/vnd.modelhall.bundle.v1" in inspected
     assert "hello 0.1.0 (python adapter)" in inspected
+    [listed] = [v for v in httpx.get(f"{registry.url}/api/v1/repos/{user}/hello/versions",
+                                     headers={"Authorization": f"Bearer {token}"}).json() if v["tag"] == "v2"]
+    assert f"({listed['size']:,} bytes with the manifest)" in inspected  # one size, the API's and inspect's
     raw = json.loads(cli(registry, "inspect", f"{user}/hello:v1", "--json", token=token).stdout)
     assert raw["artifactType"] == "application/vnd.modelhall.bundle.v1"
 
