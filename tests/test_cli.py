@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from rich.console import Console
 from conftest import MODELHALL, RegistryServer
 from modelhall.bundle import pack_bundle
 from modelhall.bundle.digests import parse_digest
+from modelhall.cli.runs import runs_table
 from modelhall.client import transfer
 from modelhall.client.credentials import Credentials
 from modelhall.client.reference import parse_reference
@@ -27,8 +29,8 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "hello"
 
 
 def cli(registry: RegistryServer, *args: str, token: str | None = None, check: bool = True,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**registry.env, "COLUMNS": "200"}
+        stdin: str | None = None, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    env = {**registry.env, "COLUMNS": str(columns)}
     if token:
         env["MODELHALL_TOKEN"] = token
     result = subprocess.run([*MODELHALL, *args], env=env, capture_output=True, text=True, input=stdin, timeout=120)
@@ -220,3 +222,28 @@ def test_a_pulled_version_serves_its_demo_with_its_digest(registry: RegistryServ
         answer = client.post("/predict", json={"inputs": {"name": "Lin"}}).json()
         assert (answer["outputs"], answer["digest"]) == ({"greeting": "Hello, Lin."}, digest)
         assert digest in client.get("/").text or digest in json.dumps(client.get("/config").json())
+
+
+def test_runs_are_readable_at_80_columns() -> None:
+    """Nothing of a run's time, duration or caller is cut at 80 columns; what does not fit wraps."""
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    found = [
+        {"created_at": "2026-12-02T11:59:01.5+00:00", "source": "async", "status": "succeeded", "duration_ms": 0.31,
+         "cold": True, "caller": "a-rather-long-user-name", "caller_hidden": False,
+         "inputs": {"name": "Ada", "style": "excited"}, "outputs": {"greeting": "Hello, Ada!!"}, "error": None},
+        {"created_at": "2026-11-30T08:00:00+00:00", "source": "demo", "status": "failed", "duration_ms": 1234.5,
+         "cold": False, "caller": None, "caller_hidden": False, "inputs": {"name": "x" * 100}, "outputs": None,
+         "error": "name: must be at most 100 characters"},
+        {"created_at": "2025-01-05T08:00:00+00:00", "source": "api", "status": "succeeded", "duration_ms": 7.25,
+         "cold": None, "caller": "bo", "caller_hidden": True, "inputs": {}, "outputs": {}, "error": None},
+    ]
+    console = Console(width=80, record=True)
+    console.print(runs_table(found, now))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = " ".join(line.strip() for line in lines)
+    assert "11:59:01" in text and "11-30 08:00" in text and "2025-01-05" in text
+    assert "0.31" in text and "1234" in text and "7.2" in text
+    assert "anonymous" in text and "(hidden)" not in text and "bo " in text
+    assert "a-rather-long-us" in lines[1] and "er-name" in lines[2]  # wrapped, whole
+    assert "greeting=Hello, Ada!!" in text and "error: name: must be at most 100 characters" in text

@@ -429,8 +429,9 @@ def test_runs_and_logs_in_the_terminal(runtime_registry: RegistryServer, tmp_pat
     user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "terminal")
     assert predict(runtime_registry, f"{user}/terminal", "Dee", token).status_code == 200
     wait_for(lambda: runs_of(runtime_registry, f"{user}/terminal", token), "the run being recorded")
-    listed = cli(runtime_registry, "runs", f"{user}/terminal", token=token).stdout
+    listed = cli(runtime_registry, "runs", f"{user}/terminal", token=token, columns=80).stdout
     assert "succeeded" in listed and "Hello, Dee." in listed and "cold" in listed and user in listed
+    assert "…" not in listed and re.search(r"^\d\d:\d\d:\d\d ", listed.splitlines()[1])
     assert "hello" in cli(runtime_registry, "logs", f"{user}/terminal", token=token).stdout
     refused = cli(runtime_registry, "logs", f"{user}/terminal", check=False)
     assert refused.returncode == 1 and "Not logged in" in refused.stderr
