@@ -418,7 +418,15 @@ def test_logs_of_the_build_and_the_worker_are_for_writers_only(runtime_registry:
     assert predict(runtime_registry, f"{user}/logged", "x").status_code == 200
     owner = http(runtime_registry.url, token)
     assert "hello" in owner.get(f"/api/v1/repos/{user}/logged/deployment/logs").text
-    assert owner.get(f"/api/v1/repos/{user}/logged/deployment/logs", params={"build": "true"}).status_code == 200
+    built = owner.get(f"/api/v1/repos/{user}/logged/deployment/logs", params={"build": "true"})
+    assert built.status_code == 200 and re.search(r"^environment [0-9a-f]+: Python 3\.\d+", built.text)
+    assert "\ninstalled: " in built.text and "reused" not in built.text
+    other, other_token, _ = push(runtime_registry, quick_hello(tmp_path / "again", idle_timeout=300), "again")
+    assert predict(runtime_registry, f"{other}/again", "y").status_code == 200
+    reused = http(runtime_registry.url, other_token).get(f"/api/v1/repos/{other}/again/deployment/logs",
+                                                         params={"build": "true"}).text
+    assert reused.startswith("This version reused the environment built earlier for another model's version.\n")
+    assert user not in reused and "logged" not in reused  # the other repository is not named
     _, stranger = runtime_registry.user()
     assert http(runtime_registry.url, stranger).get(f"/api/v1/repos/{user}/logged/deployment/logs").status_code == 403
 
