@@ -18,7 +18,7 @@ from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.storage import open_blob_store
 from modelhall.registry import demo_origin, gateway
 from modelhall.registry.api import repos, runs, shares, tokens
-from modelhall.registry.auth import oidc
+from modelhall.registry.auth import login_links, oidc
 from modelhall.registry.auth import routes as token_routes
 from modelhall.registry.auth.csrf import SameOriginForSessions
 from modelhall.registry.auth.demo_tickets import SpentTickets
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, tags=["oci"])
     app.include_router(token_routes.router, tags=["auth"])
     app.include_router(oidc.router)
+    app.include_router(login_links.router)
     # Before the REST API's /api/v1/repos/{name:path}, which would take …/predict and …/runs for names:
     app.include_router(gateway.router)
     app.include_router(demo_origin.registry_router)  # /demo/… and /live/… lead to the demo origin

@@ -6,7 +6,7 @@ anything when a browser shows it, so the default policy allows nothing (``defaul
 stricter than ``'self'``: even an answer that carried HTML, a worker's to a predict call say, could
 not run a script or load one from the registry's own URLs). Framing is for the gallery only. The
 pages that need more say so here, by path: the API docs (Swagger UI and ReDoc, served from
-the registry's own ``/docs/assets``, with FastAPI's inline start-up script) and the logout page (an inline style, a form to this site). A route that sets its own policy keeps it.
+the registry's own ``/docs/assets``, with FastAPI's inline start-up script) and the logout and login-link pages (an inline style, a form to this site). A route that sets its own policy keeps it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ DOCS_SOURCES = {  # FastAPI's get_swagger_ui_html and get_redoc_html over fastap
 }
 LOGOUT_SOURCES = {"style-src": "'unsafe-inline'", "form-action": "'self'"}
 PAGES = {"/docs": DOCS_SOURCES, "/docs/oauth2-redirect": DOCS_SOURCES, "/redoc": DOCS_SOURCES,
-         "/auth/logout": LOGOUT_SOURCES}
+         "/auth/logout": LOGOUT_SOURCES, "/auth/link": LOGOUT_SOURCES}  # the login link's page is the same kind
 
 
 def content_security_policy(path: str, gallery_url: str | None) -> str:
