@@ -3,11 +3,19 @@ real thing in headless Chromium (screenshots in test-artifacts/)."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
+import shutil
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,6 +27,9 @@ from conftest import RegistryServer, free_port, serve_registry, unique
 from modelhall.bundle import pack_bundle
 from modelhall.cli.gallery import gallery_command
 from modelhall.showcase import gallery
+from modelhall.showcase.gallery import charts
+from modelhall.showcase.gallery.snippets import snippets
+from modelhall.spec import load_spec_file
 from modelhall.templates import template_path
 from oci_helpers import http, push_packed
 from test_browser import OUTPUT_TIMEOUT_MS, browser, run  # noqa: F401 - browser is a fixture
@@ -218,3 +229,69 @@ def test_the_gallery_needs_no_database(seeded: Seeded) -> None:
     """It reads the registry's REST API only: nothing in its code opens the database."""
     sources = "\n".join(path.read_text() for path in APP.parent.glob("*.py"))
     assert "sqlalchemy" not in sources and "modelhall.registry" not in sources
+
+
+# --- page parts, without a registry ------------------------------------------------------
+
+
+def fake_runs(count: int) -> list[dict]:
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    return [{"created_at": (start + timedelta(minutes=7 * i)).isoformat(), "status": "succeeded", "source": "api",
+             "duration_ms": 5.0 + (i % 97), "cold": i % 50 == 0} for i in range(count)]
+
+
+@pytest.mark.parametrize("count", [1, 10, 10_000])
+def test_charts_stay_legible_with_1_10_and_10000_runs(count: int) -> None:
+    frame = charts.runs_frame(fake_runs(count))
+    per_day, latency, starts = (chart.to_dict() for chart in (charts.runs_per_day(frame),
+                                                              charts.latency_histogram(frame),
+                                                              charts.cold_versus_warm(frame)))
+    rows = {name: len(next(iter(spec["datasets"].values()))) for name, spec in
+            (("per day", per_day), ("latency", latency), ("starts", starts))}
+    assert rows["per day"] == frame["day"].nunique() and rows["starts"] == 2  # summaries, never a row per run
+    assert rows["latency"] == (count if count <= charts.FEW_RUNS else charts.LATENCY_BINS)
+    assert latency["mark"]["type"] == ("tick" if count <= charts.FEW_RUNS else "bar")  # one run: a mark, not a wall
+    assert starts["layer"][0]["encoding"]["x"]["scale"]["domain"] == ["cold", "warm"]  # both, even with one run
+    assert all(spec["width"] == "container" for spec in (per_day, latency, starts))  # titles are not clipped
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A predict endpoint that keeps what it was sent and answers as the registry does."""
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+        self.received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+        body = b'{"outputs": {"label": "7"}}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_api_snippets_run_as_pasted(tmp_path: Path) -> None:
+    """curl (with base64 -w0) and Python (with open(…, 'rb')) send the example's file from the folder they
+    run in, as the predict API takes it."""
+    spec = load_spec_file(template_path("image-classification")).to_json_dict()
+    digit = template_path("image-classification") / "examples" / "digit-0.png"
+    shutil.copyfile(digit, tmp_path / "digit-0.png")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/api/v1/repos/a/digits/predict"
+        code = snippets(url, "http://127.0.0.1:1/", spec, "token")
+        env = {**os.environ, "MODELHALL_TOKEN": "mh_example"}
+        subprocess.run(["bash", "-euc", code["curl"]], cwd=tmp_path, env=env, check=True, capture_output=True)
+        printed = subprocess.run([sys.executable, "-c", code["Python"]], cwd=tmp_path, env=env, check=True,
+                                 capture_output=True, text=True).stdout
+    finally:
+        server.shutdown()
+    assert printed.strip() == "{'label': '7'}"
+    expected = {"inputs": {"image": {"name": "digit-0.png", "data": base64.b64encode(digit.read_bytes()).decode()}}}
+    assert [json.loads(body) for _, body in _Recorder.received[-2:]] == [expected, expected]
+    assert all(headers["Authorization"] == "Bearer mh_example" for headers, _ in _Recorder.received[-2:])
+    assert "<base64" not in "".join(code.values()) and "handle_file('digit-0.png')" in code["gradio_client"]
