@@ -27,7 +27,7 @@ from conftest import RegistryServer, free_port, serve_registry, unique
 from modelhall.bundle import pack_bundle
 from modelhall.cli.gallery import gallery_command
 from modelhall.showcase import gallery
-from modelhall.showcase.gallery import charts
+from modelhall.showcase.gallery import charts, model_page
 from modelhall.showcase.gallery.snippets import snippets
 from modelhall.spec import load_spec_file
 from modelhall.templates import template_path
@@ -156,6 +156,33 @@ def test_a_model_page_for_the_public(seeded: Seeded, monkeypatch: pytest.MonkeyP
     assert any("Only the model's maintainers" in info.value for info in test.info)
 
 
+def test_a_model_page_says_what_the_spec_and_card_say_once(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = app(seeded, monkeypatch, model=f"{seeded.owner}/image-classification").run()
+    assert not test.exception
+    badges = next(element.value for element in test.markdown if ":blue-badge[" in element.value)
+    assert badges.lower().count("license:") == 1  # the spec's BSD-3-Clause and the card's bsd-3-clause
+    assert ":blue-badge[dataset: sklearn-digits]" in badges and badges.count("tag: starter") == 1
+    [signature] = [frame.value for frame in test.dataframe if "constraints" in frame.value]
+    assert list(signature["constraints"])[0] == ".png .jpg .jpeg .bmp .webp; up to 5 MB"
+    hello = app(seeded, monkeypatch, model=f"{seeded.owner}/hello").run()
+    [signature] = [frame.value for frame in hello.dataframe if "constraints" in frame.value]
+    assert list(signature["constraints"])[:2] == ["at most 100 characters; default world",
+                                                  "one of plain, excited; default plain"]
+    assert [info.value for info in hello.info][0].startswith("Asleep: the model wakes when the demo opens")
+
+
+def test_the_deployment_banner_says_each_state() -> None:
+    say = model_page.deployment_message
+    assert say({"state": "sleeping"})[0] == "info"
+    assert say({"state": "starting"}) == ("info", "Starting… the demo appears once the model has loaded.")
+    assert say({"state": "running", "workers": [{"state": "ready"}, {"state": "stopped"}]}) == (
+        "success", "Running (1 worker).")
+    assert say({"state": "failed", "detail": "ImportError: torch"}) == (
+        "error", "The model failed to start: ImportError: torch")
+    assert say({"state": "unschedulable", "detail": "no GPU is free"}) == (
+        "warning", "The model cannot be started here now: no GPU is free")
+
+
 def test_what_may_not_be_seen_reads_as_not_there(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
     test = app(seeded, monkeypatch, model=seeded.private).run()
     assert not test.exception and seeded.private in test.warning[0].value  # the name asked for, nothing more
@@ -205,6 +232,26 @@ def test_the_owner_logs_in_with_a_token_and_sees_everything(browser: Browser, se
     expect(page.get_by_role("link", name=seeded.private)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
     page.screenshot(path=str(artifacts_dir / "gallery-browse-owner.png"), full_page=True)
     page.close()
+
+
+def test_the_sidebar_navigates_in_the_same_tab_and_session(browser: Browser, seeded: Seeded) -> None:  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    open_gallery(page, seeded.gallery_url)
+    expect(page.get_by_text("No login provider is configured on this registry")).to_be_visible()
+    page.get_by_text("Log in with an access token").click()
+    page.get_by_label("Access token").fill(seeded.token)
+    page.get_by_role("button", name="Use token").click()
+    expect(page.get_by_text(f"Logged in as {seeded.owner}")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    page.get_by_role("button", name="My models").click()
+    expect(page.get_by_role("heading", name="My models")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    expect(page.get_by_role("link", name=seeded.private)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    assert page.url.endswith("?mine=1")
+    page.get_by_role("button", name="All models").click()
+    expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    expect(page.get_by_text(f"Logged in as {seeded.owner}")).to_be_visible()  # the pasted token is kept
+    assert len(context.pages) == 1 and "mine" not in page.url
+    context.close()
 
 
 def test_an_anonymous_share_link_opens_the_model_and_its_demo(browser: Browser, seeded: Seeded,  # noqa: F811
