@@ -247,3 +247,31 @@ def test_runs_are_readable_at_80_columns() -> None:
     assert "anonymous" in text and "(hidden)" not in text and "bo " in text
     assert "a-rather-long-us" in lines[1] and "er-name" in lines[2]  # wrapped, whole
     assert "greeting=Hello, Ada!!" in text and "error: name: must be at most 100 characters" in text
+
+
+def test_each_make_demo_revokes_the_token_the_last_one_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelhall.adapters.storage import open_blob_store
+    from modelhall.cli.demo import cli_command, demo_credentials
+    from modelhall.registry.auth.login_links import spend_login_link
+    from modelhall.registry.auth.tokens import InvalidTokenError, find_access_token
+    from modelhall.registry.context import RegistryContext
+    from modelhall.registry.db.session import make_engine, make_session_factory, migrate
+    from modelhall.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, url="http://127.0.0.1:8600")
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    context = RegistryContext(settings=settings, engine=engine, sessions=make_session_factory(engine),
+                              store=open_blob_store(settings.storage_url))
+    first, _ = demo_credentials(context)
+    second, link = demo_credentials(context)
+    with context.sessions() as db:
+        with pytest.raises(InvalidTokenError):
+            find_access_token(db, first)
+        assert find_access_token(db, second).user.name == "demo"
+        assert link.startswith("http://127.0.0.1:8600/auth/link?token=mhl_")
+        assert spend_login_link(db, link.partition("token=")[2]) is not None
+    engine.dispose()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # modelhall not on PATH, as after `make demo`
+    printed = cli_command()
+    assert printed != "modelhall" and os.access(printed, os.X_OK)  # runs as printed
