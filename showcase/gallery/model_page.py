@@ -14,6 +14,7 @@ from modelhall.showcase.gallery.snippets import snippets
 
 DEMO_HEIGHT = 820
 STATE_POLL_SECONDS = 3
+RUNS_SHOWN = 500
 
 
 def split_model_card(readme: str | None) -> tuple[dict[str, Any], str]:
@@ -159,6 +160,8 @@ def runs_section(runs: list[dict[str, Any]]) -> None:
         st.info("No runs yet.")
         return
     frame = charts.runs_frame(runs)
+    if len(runs) >= RUNS_SHOWN:
+        st.caption(f"The newest {RUNS_SHOWN} runs.")
     left, middle, right = st.columns(3)
     left.altair_chart(charts.runs_per_day(frame), width="stretch")
     middle.altair_chart(charts.latency_histogram(frame), width="stretch")
@@ -200,7 +203,7 @@ def render(api: GalleryAPI, name: str) -> None:
         show_snippets(snippets(f"{api.browser_url}/api/v1/repos/{name}/predict", demo_api, spec, "token"))
     with tabs[5]:
         try:
-            runs_section(api.runs(name))
+            runs_section(api.runs(name, limit=RUNS_SHOWN))
         except GalleryError as error:
             st.info(f"The run history is for the model's members: {error}")
     with tabs[6]:
