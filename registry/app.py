@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
@@ -17,7 +18,7 @@ from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.storage import open_blob_store
 from modelhall.registry import demo_origin, gateway
 from modelhall.registry.api import repos, runs, shares, tokens
-from modelhall.registry.auth import oidc
+from modelhall.registry.auth import login_links, oidc
 from modelhall.registry.auth import routes as token_routes
 from modelhall.registry.auth.csrf import SameOriginForSessions
 from modelhall.registry.auth.demo_tickets import SpentTickets
@@ -37,6 +38,7 @@ from modelhall.settings import Settings, load_settings
 
 
 SESSION_COOKIE = "modelhall_session"
+DOCS_ASSETS = "/docs/assets"
 
 
 def open_runtime(settings: Settings) -> Runtime:
@@ -73,7 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper.cancel()
         await run_in_threadpool(deployments.stop_all)
 
-    app = FastAPI(title="Modelhall registry", version="0.1.0", lifespan=lifespan,
+    # Swagger UI and ReDoc from the assets fastapi-offline ships, so /docs works with no internet.
+    app = FastAPIOffline(title="Modelhall registry", version="0.1.0", lifespan=lifespan,
+                         static_url=DOCS_ASSETS,
                   description="OCI Distribution API for model bundles, the Modelhall REST API, and the demo gateway.")
     app.state.context = context
     app.state.deployments = deployments
@@ -91,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, tags=["oci"])
     app.include_router(token_routes.router, tags=["auth"])
     app.include_router(oidc.router)
+    app.include_router(login_links.router)
     # Before the REST API's /api/v1/repos/{name:path}, which would take …/predict and …/runs for names:
     app.include_router(gateway.router)
     app.include_router(demo_origin.registry_router)  # /demo/… and /live/… lead to the demo origin

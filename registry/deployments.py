@@ -103,6 +103,7 @@ class Pool:
         self.last_used: dict[str, float] = {}
         self._changed = asyncio.Condition()
         self._waiting = 0
+        self.woken = False  # a worker started for a wake, and no prediction has been sent since
 
     @property
     def active(self) -> int:
@@ -117,6 +118,12 @@ class Pool:
     def primary(self) -> WorkerHandle | None:
         """The oldest worker: the demo's (Gradio keeps each session's queue inside one process)."""
         return next(iter(self.workers.values()), None)
+
+    def first_prediction_since_wake(self) -> bool:
+        """True once after each wake, for the prediction that pays for it (a cold run), whichever request
+        woke the model: for a demo, the page load wakes it and its first Run is the cold one."""
+        woken, self.woken = self.woken, False
+        return woken
 
     def _least_busy(self) -> WorkerHandle | None:
         free = [worker for worker in self.workers if self.busy[worker] < self.concurrency]
@@ -439,6 +446,7 @@ class Deployments:
         # idle time counts from when the model could first answer, not from the request that woke it
         await run_in_threadpool(self._update, deployment_id, state="running", last_request_at=utcnow())
         pool = self._pool(version, deployment_id)
+        pool.woken = True
         for _ in range(version.scaling.min - 1):
             task = asyncio.create_task(self._add_worker(pool, version))
             task.add_done_callback(_settled)

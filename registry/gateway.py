@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -46,6 +47,7 @@ from modelhall.registry.db.models import Deployment, Manifest, Repository, Worke
 from modelhall.registry.metadata import find_version
 from modelhall.adapters.runtimes.base import WorkerHandle
 from modelhall.registry.deployments import (
+    Awake,
     DeploymentFailed,
     Deployments,
     Overloaded,
@@ -166,13 +168,15 @@ def recorded_caller(db: Session, principal: Principal, version: Version) -> tupl
     return principal.share.caller, principal.share.link_id
 
 
-def run_headers(request_or_app: Request | FastAPI, version: Version, source: str, caller: str | None, cold: bool,
-                run_id: str | None = None) -> dict[str, str]:
+def run_headers(request_or_app: Request | FastAPI, version: Version, source: str, caller: str | None, awake: Awake,
+                run_id: str | None = None, requested_at: float | None = None) -> dict[str, str]:
     """The signed ticket the worker journals a run with: which run, who asked (never more than a
-    name), for which version and whether it woke the model. The worker cannot change any of it."""
+    name), for which version, when the request came (the run's time, before any wake) and whether
+    it is the first since a wake (a cold run). The worker cannot change any of it."""
     app = request_or_app.app if isinstance(request_or_app, Request) else request_or_app
+    cold = awake.pool.first_prediction_since_wake() or awake.cold
     ticket = RunTicket(run=run_id or new_run_id(), repository_id=version.repository.id, digest=version.digest,
-                       source=source, caller=caller, cold=cold)
+                       source=source, caller=caller, cold=cold, at=requested_at or time.time())
     return {"x-modelhall-context": app.state.deployments.journals.tickets.issue(ticket)}
 
 
@@ -401,6 +405,7 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
     its body, counts a share link's predictions and decides what the worker learns of the caller."""
     if _is_internal(path):
         return JSONResponse({"detail": "not found"}, status_code=404)
+    requested_at = time.time()
     platform_max = request.app.state.context.settings.max_request_bytes
     limit = body_limit(version.spec, platform_max) if run_id else platform_max
     try:
@@ -440,7 +445,7 @@ async def serve_version(request: Request, version: Version, path: str, db: Sessi
     if run_id:  # an API prediction: restart the idle clock, and put it in the run history once answered
         after = BackgroundTask(_after_prediction, get_deployments(request), awake.deployment_id)
     # Only a prediction carries a ticket: a worker handed one for every page view could journal made-up runs.
-    headers = (run_headers(request, version, "api" if run_id else "demo", caller, awake.cold, run_id)
+    headers = (run_headers(request, version, "api" if run_id else "demo", caller, awake, run_id, requested_at)
                if _is_prediction(request, path, run_id) else {})
     if run_id is None:  # demo traffic: Gradio queues the demo's predictions itself, in one process
         primary = awake.pool.primary
@@ -535,8 +540,7 @@ async def execute_async_run(app: FastAPI, run_id: str, repository: Repository, d
     try:
         async with deployments.slot(version, awake) as worker:
             async with app.state.worker_clients.get(worker).post(
-                    "/predict", json={"inputs": inputs}, headers=run_headers(app, version, "async", caller, awake.cold,
-                                                                            run_id),
+                    "/predict", json={"inputs": inputs}, headers=run_headers(app, version, "async", caller, awake, run_id),
                     timeout=aiohttp.ClientTimeout(total=version.call_timeout)) as response:
                 status, text = response.status, (await read_bounded(response)).decode(errors="replace")
     except (Overloaded, AnswerTooLarge) as error:

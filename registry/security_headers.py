@@ -5,8 +5,8 @@ The registry serves JSON, blobs and redirects, and three pages of its own. Nothi
 anything when a browser shows it, so the default policy allows nothing (``default-src 'none'``,
 stricter than ``'self'``: even an answer that carried HTML, a worker's to a predict call say, could
 not run a script or load one from the registry's own URLs). Framing is for the gallery only. The
-pages that need more say so here, by path: the API docs (Swagger UI and ReDoc load from their CDN)
-and the logout page (an inline style, a form to this site). A route that sets its own policy keeps it.
+pages that need more say so here, by path: the API docs (Swagger UI and ReDoc, served from
+the registry's own ``/docs/assets``, with FastAPI's inline start-up script) and the logout and login-link pages (an inline style, a form to this site). A route that sets its own policy keeps it.
 """
 
 from __future__ import annotations
@@ -14,19 +14,17 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-CDN = "https://cdn.jsdelivr.net"
-DOCS_SOURCES = {  # FastAPI's get_swagger_ui_html and get_redoc_html, as they are
-    "script-src": f"'self' 'unsafe-inline' {CDN}",
-    "style-src": f"'self' 'unsafe-inline' {CDN} https://fonts.googleapis.com",
-    "img-src": f"'self' data: {CDN} https://fastapi.tiangolo.com https://validator.swagger.io https://cdn.redoc.ly",
-    "font-src": "https://fonts.gstatic.com",
+DOCS_SOURCES = {  # FastAPI's get_swagger_ui_html and get_redoc_html over fastapi-offline's assets
+    "script-src": "'self' 'unsafe-inline'",
+    "style-src": "'self' 'unsafe-inline'",
+    "img-src": "'self' data:",
     "worker-src": "blob:",
     "connect-src": "'self'",
     "form-action": "'self'",
 }
 LOGOUT_SOURCES = {"style-src": "'unsafe-inline'", "form-action": "'self'"}
 PAGES = {"/docs": DOCS_SOURCES, "/docs/oauth2-redirect": DOCS_SOURCES, "/redoc": DOCS_SOURCES,
-         "/auth/logout": LOGOUT_SOURCES}
+         "/auth/logout": LOGOUT_SOURCES, "/auth/link": LOGOUT_SOURCES}  # the login link's page is the same kind
 
 
 def content_security_policy(path: str, gallery_url: str | None) -> str:

@@ -7,6 +7,7 @@ with the inputs positionally in the spec's order, and returns the outputs in the
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,23 @@ from modelhall.showcase.values import FILE_TYPES, InputError, to_gradio
 from modelhall.spec import Spec
 
 API_NAME = "predict"
+logger = logging.getLogger(__name__)
+PROBLEM_ID = "run-problem"
+# The message of a failed run stays under the Run button until the next run (Gradio's own is a toast that
+# vanishes). Both are browser-only events (no function, so no request): a run is one prediction, for a
+# share link's count too. Gradio gives a failure listener no message: it is read from the error toast.
+CLEAR_PROBLEM_JS = f"""() => {{ const box = document.getElementById("{PROBLEM_ID}");
+  if (box) {{ box.textContent = ""; box.hidden = true; }} }}"""
+SHOW_PROBLEM_JS = f"""() => {{ const started = Date.now();
+  const show = () => {{
+    const toasts = document.querySelectorAll(".toast-body.error .toast-text, .toast-body.error .toast-message-text");
+    const box = document.getElementById("{PROBLEM_ID}");
+    if (box && toasts.length) {{ box.textContent = toasts[toasts.length - 1].textContent.trim(); box.hidden = false; }}
+    else if (Date.now() - started < 3000) {{ requestAnimationFrame(show); }}
+  }};
+  show(); }}"""
+PROBLEM_BOX = (f"<div id='{PROBLEM_ID}' role='alert' hidden style='border:1px solid #d33;border-radius:6px;"
+               "padding:.6rem .8rem;color:#b00020;background:#fff5f5'></div>")
 
 
 def _header(spec: Spec, digest: str | None) -> str:
@@ -56,8 +74,9 @@ def build_demo(runner: ModelRunner, model_card: str | None) -> gr.Blocks:
         context = RunContext.from_headers({k.lower(): v for k, v in request.headers.items()}, source="demo")
         try:
             prediction = runner.predict(raw, context)
-        except InputError as error:
-            raise gr.Error(str(error), title="Check the input") from None
+        except InputError as error:  # the caller's: one line in the log, not a traceback
+            logger.warning("a demo run was refused: %s", error)
+            raise gr.Error(f"Check the input: {error}", title="Check the input", print_exception=False) from None
         except NotReadyError as error:
             raise gr.Error(f"The model is not ready: {error}", title="Starting…") from None
         except ModelError as error:
@@ -78,6 +97,7 @@ def build_demo(runner: ModelRunner, model_card: str | None) -> gr.Blocks:
             with gr.Column():
                 inputs = [input_component(field) for field in spec.inputs]
                 button = gr.Button("Run", variant="primary")
+                gr.HTML(PROBLEM_BOX)
             with gr.Column():
                 outputs = [output_component(field) for field in spec.outputs]
         if spec.examples:
@@ -85,5 +105,6 @@ def build_demo(runner: ModelRunner, model_card: str | None) -> gr.Blocks:
         if model_card:
             with gr.Accordion("Model card", open=False):
                 gr.Markdown(model_card)
-        button.click(run, inputs=inputs, outputs=outputs, api_name=API_NAME)
+        button.click(None, js=CLEAR_PROBLEM_JS)
+        button.click(run, inputs=inputs, outputs=outputs, api_name=API_NAME).failure(None, js=SHOW_PROBLEM_JS)
     return demo

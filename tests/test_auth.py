@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import base64
+import re
+import subprocess
 import time
+from datetime import timedelta
 
 import httpx
 import jwt
 import pytest
+from sqlalchemy import select
 
-from conftest import RegistryServer
+from conftest import MODELHALL, RegistryServer
+from modelhall.registry.auth.login_links import create_login_link
+from modelhall.registry.auth.tokens import hash_token
+from modelhall.registry.db.models import LoginLink, User
+from modelhall.registry.db.session import make_session_factory
 from oci_helpers import error_code, http, push_image
 
 
@@ -163,3 +171,37 @@ def test_malformed_authorization_header(registry: RegistryServer) -> None:
     garbage = base64.b64encode(b"\xff\xfe").decode()
     response = httpx.get(f"{registry.url}/v2/", headers={"Authorization": f"Basic {garbage}"})
     assert (response.status_code, response.json()["errors"][0]["detail"]) == (401, "malformed basic credentials")
+
+
+def test_a_login_link_logs_in_once_with_the_usual_session(registry: RegistryServer, owner: tuple[str, str]) -> None:
+    user, _ = owner
+    link = registry.admin("login-link", user)
+    assert re.fullmatch(rf"{re.escape(registry.url)}/auth/link\?token=mhl_[A-Za-z0-9_-]{{40,}}", link)
+    token = link.partition("token=")[2]
+    browser = httpx.Client(base_url=registry.url)
+    page = browser.get(link)
+    assert page.status_code == 200 and 'type="submit">Log in<' in page.text
+    assert "form-action 'self'" in page.headers["content-security-policy"]
+    assert browser.get("/auth/session").json() == {"user": None}  # opening it (a link preview) logs no one in
+    elsewhere = httpx.post(f"{registry.url}/auth/link", data={"token": token}, headers={"Origin": "https://evil.example"})
+    assert elsewhere.status_code == 403  # another site cannot log its visitor in as the link's user
+    answer = browser.post("/auth/link", data={"token": token}, headers={"Origin": registry.url})
+    assert answer.status_code == 303
+    assert browser.get("/auth/session").json() == {"user": user}
+    assert browser.get("/api/v1/whoami").json()["name"] == user
+    again = httpx.post(f"{registry.url}/auth/link", data={"token": token}, headers={"Origin": registry.url})
+    assert again.status_code == 400 and "used already or expired" in again.json()["detail"]
+    engine = registry.engine()
+    try:
+        with make_session_factory(engine)() as db:
+            stored = set(db.scalars(select(LoginLink.token_hash)))
+            assert hash_token(token) in stored and token not in stored
+            expired = create_login_link(db, db.scalar(select(User).where(User.name == user)), timedelta(seconds=-1))
+            db.commit()
+    finally:
+        engine.dispose()
+    late = httpx.post(f"{registry.url}/auth/link", data={"token": expired}, headers={"Origin": registry.url})
+    assert late.status_code == 400
+    result = subprocess.run([*MODELHALL, "admin", "login-link", "nobody-here"], env=registry.env, capture_output=True,
+                            text=True)
+    assert (result.returncode, result.stdout) == (1, "") and "no user 'nobody-here'" in result.stderr

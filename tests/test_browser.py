@@ -115,8 +115,34 @@ def test_a_failing_model_shows_an_error_in_the_page(page: Page, tmp_path_factory
         page.goto(server.url)
         page.get_by_label("Text").fill("this")
         run(page)
-        expect(page.get_by_text("The model failed: ValueError: cannot handle this")).to_be_visible(
-            timeout=OUTPUT_TIMEOUT_MS)
+        expect(page.locator("#run-problem")).to_have_text("The model failed: ValueError: cannot handle this",
+                                                          timeout=OUTPUT_TIMEOUT_MS)
+
+
+def test_an_input_error_stays_beside_the_form_until_the_next_run(page: Page,
+                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An empty prompt: a message under the Run button (not only a toast) that stays when the toast is closed
+    and goes with the next run; the server's log has one line for it, no traceback."""
+    bundle = tmp_path_factory.mktemp("strict") / "strict"
+    bundle.mkdir()
+    (bundle / "modelhall.yaml").write_text("name: strict\nruntime: {adapter: python, entrypoint: predict.py:predict}\n"
+                                           "inputs: [{name: prompt, type: text}]\noutputs: [{name: out, type: text}]\n")
+    (bundle / "predict.py").write_text("def predict(prompt):\n    return prompt.upper()\n")
+    for server in serve_bundle(bundle, bundle.parent):
+        page.goto(server.url)
+        run(page)
+        problem = page.locator("#run-problem")
+        expect(problem).to_have_text("Check the input: prompt: is required", timeout=OUTPUT_TIMEOUT_MS)
+        for close in page.locator(".toast-close").all():
+            close.click()
+        expect(page.locator(".toast-body")).to_have_count(0)
+        expect(problem).to_be_visible()
+        page.get_by_label("Prompt").fill("now")
+        run(page)
+        expect(page.get_by_label("Out")).to_have_value("NOW", timeout=OUTPUT_TIMEOUT_MS)
+        expect(problem).to_be_hidden()
+        log = server.log.read_text()
+        assert log.count("prompt: is required") == 1 and "Traceback" not in log
 
 
 def test_a_sleeping_demo_through_the_gateway_wakes_in_the_browser(page: Page, tmp_path: Path) -> None:

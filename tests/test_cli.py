@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from rich.console import Console
 from conftest import MODELHALL, RegistryServer
 from modelhall.bundle import pack_bundle
 from modelhall.bundle.digests import parse_digest
+from modelhall.cli.runs import runs_table
 from modelhall.client import transfer
 from modelhall.client.credentials import Credentials
 from modelhall.client.reference import parse_reference
@@ -27,8 +29,8 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "hello"
 
 
 def cli(registry: RegistryServer, *args: str, token: str | None = None, check: bool = True,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**registry.env, "COLUMNS": "200"}
+        stdin: str | None = None, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    env = {**registry.env, "COLUMNS": str(columns)}
     if token:
         env["MODELHALL_TOKEN"] = token
     result = subprocess.run([*MODELHALL, *args], env=env, capture_output=True, text=True, input=stdin, timeout=120)
@@ -64,10 +66,16 @@ def test_login_saves_credentials_readable_by_owner_only(registry: RegistryServer
 
 
 def test_init_then_validate(registry: RegistryServer, tmp_path: Path) -> None:
-    cli(registry, "init", str(tmp_path / "mine"), "--template", "hello")
-    assert "valid hello 0.1.0 (python adapter)" in cli(registry, "validate", str(tmp_path / "mine")).stdout
-    again = cli(registry, "init", str(tmp_path / "mine"), check=False)
+    cli(registry, "init", str(tmp_path / "my-model"), "--template", "hello")
+    assert "valid my-model 0.1.0 (python adapter)" in cli(registry, "validate", str(tmp_path / "my-model")).stdout
+    assert (tmp_path / "my-model" / "modelhall.yaml").read_text().startswith("# A minimal bundle")  # comments kept
+    again = cli(registry, "init", str(tmp_path / "my-model"), check=False)
     assert again.returncode == 1 and "exists already" in again.stderr
+    cli(registry, "init", str(tmp_path / "Other Folder"), "--template", "image-to-image", "--name", "snowy")
+    assert "valid snowy " in cli(registry, "validate", str(tmp_path / "Other Folder")).stdout
+    unnamed = cli(registry, "init", str(tmp_path / "Bad Name"), check=False)
+    assert unnamed.returncode == 1 and "pass one with --name" in unnamed.stderr
+    assert not (tmp_path / "Bad Name").exists()
 
 
 def test_validate_names_the_field_without_a_traceback(registry: RegistryServer, tmp_path: Path) -> None:
@@ -90,6 +98,9 @@ def test_push_pull_round_trip_and_skip_existing(registry: RegistryServer, tmp_pa
     inspected = cli(registry, "inspect", f"{registry.host}/{user}/hello:v2", token=token).stdout
     assert "weights/greetings.json" in inspected and "application/vnd.modelhall.bundle.v1" in inspected
     assert "hello 0.1.0 (python adapter)" in inspected
+    [listed] = [v for v in httpx.get(f"{registry.url}/api/v1/repos/{user}/hello/versions",
+                                     headers={"Authorization": f"Bearer {token}"}).json() if v["tag"] == "v2"]
+    assert f"({listed['size']:,} bytes with the manifest)" in inspected  # one size, the API's and inspect's
     raw = json.loads(cli(registry, "inspect", f"{user}/hello:v1", "--json", token=token).stdout)
     assert raw["artifactType"] == "application/vnd.modelhall.bundle.v1"
 
@@ -223,3 +234,56 @@ def test_a_pulled_version_serves_its_demo_with_its_digest(registry: RegistryServ
         answer = client.post("/predict", json={"inputs": {"name": "Lin"}}).json()
         assert (answer["outputs"], answer["digest"]) == ({"greeting": "Hello, Lin."}, digest)
         assert digest in client.get("/").text or digest in json.dumps(client.get("/config").json())
+
+
+def test_runs_are_readable_at_80_columns() -> None:
+    """Nothing of a run's time, duration or caller is cut at 80 columns; what does not fit wraps."""
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    found = [
+        {"created_at": "2026-12-02T11:59:01.5+00:00", "source": "async", "status": "succeeded", "duration_ms": 0.31,
+         "cold": True, "caller": "a-rather-long-user-name", "caller_hidden": False,
+         "inputs": {"name": "Ada", "style": "excited"}, "outputs": {"greeting": "Hello, Ada!!"}, "error": None},
+        {"created_at": "2026-11-30T08:00:00+00:00", "source": "demo", "status": "failed", "duration_ms": 1234.5,
+         "cold": False, "caller": None, "caller_hidden": False, "inputs": {"name": "x" * 100}, "outputs": None,
+         "error": "name: must be at most 100 characters"},
+        {"created_at": "2025-01-05T08:00:00+00:00", "source": "api", "status": "succeeded", "duration_ms": 7.25,
+         "cold": None, "caller": "bo", "caller_hidden": True, "inputs": {}, "outputs": {}, "error": None},
+    ]
+    console = Console(width=80, record=True)
+    console.print(runs_table(found, now))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = " ".join(line.strip() for line in lines)
+    assert "11:59:01" in text and "11-30 08:00" in text and "2025-01-05" in text
+    assert "0.31" in text and "1234" in text and "7.2" in text
+    assert "anonymous" in text and "(hidden)" not in text and "bo " in text
+    assert "a-rather-long-us" in lines[1] and "er-name" in lines[2]  # wrapped, whole
+    assert "greeting=Hello, Ada!!" in text and "error: name: must be at most 100 characters" in text
+
+
+def test_each_make_demo_revokes_the_token_the_last_one_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelhall.adapters.storage import open_blob_store
+    from modelhall.cli.demo import cli_command, demo_credentials
+    from modelhall.registry.auth.login_links import spend_login_link
+    from modelhall.registry.auth.tokens import InvalidTokenError, find_access_token
+    from modelhall.registry.context import RegistryContext
+    from modelhall.registry.db.session import make_engine, make_session_factory, migrate
+    from modelhall.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, url="http://127.0.0.1:8600")
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    context = RegistryContext(settings=settings, engine=engine, sessions=make_session_factory(engine),
+                              store=open_blob_store(settings.storage_url))
+    first, _ = demo_credentials(context)
+    second, link = demo_credentials(context)
+    with context.sessions() as db:
+        with pytest.raises(InvalidTokenError):
+            find_access_token(db, first)
+        assert find_access_token(db, second).user.name == "demo"
+        assert link.startswith("http://127.0.0.1:8600/auth/link?token=mhl_")
+        assert spend_login_link(db, link.partition("token=")[2]) is not None
+    engine.dispose()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # modelhall not on PATH, as after `make demo`
+    printed = cli_command()
+    assert printed != "modelhall" and os.access(printed, os.X_OK)  # runs as printed

@@ -3,11 +3,19 @@ real thing in headless Chromium (screenshots in test-artifacts/)."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
+import shutil
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,6 +27,9 @@ from conftest import RegistryServer, free_port, serve_registry, unique
 from modelhall.bundle import pack_bundle
 from modelhall.cli.gallery import gallery_command
 from modelhall.showcase import gallery
+from modelhall.showcase.gallery import charts, model_page
+from modelhall.showcase.gallery.snippets import snippets
+from modelhall.spec import load_spec_file
 from modelhall.templates import template_path
 from oci_helpers import http, push_packed
 from test_browser import OUTPUT_TIMEOUT_MS, browser, run  # noqa: F401 - browser is a fixture
@@ -145,6 +156,33 @@ def test_a_model_page_for_the_public(seeded: Seeded, monkeypatch: pytest.MonkeyP
     assert any("Only the model's maintainers" in info.value for info in test.info)
 
 
+def test_a_model_page_says_what_the_spec_and_card_say_once(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = app(seeded, monkeypatch, model=f"{seeded.owner}/image-classification").run()
+    assert not test.exception
+    badges = next(element.value for element in test.markdown if ":blue-badge[" in element.value)
+    assert badges.lower().count("license:") == 1  # the spec's BSD-3-Clause and the card's bsd-3-clause
+    assert ":blue-badge[dataset: sklearn-digits]" in badges and badges.count("tag: starter") == 1
+    [signature] = [frame.value for frame in test.dataframe if "constraints" in frame.value]
+    assert list(signature["constraints"])[0] == ".png .jpg .jpeg .bmp .webp; up to 5 MB"
+    hello = app(seeded, monkeypatch, model=f"{seeded.owner}/hello").run()
+    [signature] = [frame.value for frame in hello.dataframe if "constraints" in frame.value]
+    assert list(signature["constraints"])[:2] == ["at most 100 characters; default world",
+                                                  "one of plain, excited; default plain"]
+    assert [info.value for info in hello.info][0].startswith("Asleep: the model wakes when the demo opens")
+
+
+def test_the_deployment_banner_says_each_state() -> None:
+    say = model_page.deployment_message
+    assert say({"state": "sleeping"})[0] == "info"
+    assert say({"state": "starting"}) == ("info", "Starting… the demo appears once the model has loaded.")
+    assert say({"state": "running", "workers": [{"state": "ready"}, {"state": "stopped"}]}) == (
+        "success", "Running (1 worker).")
+    assert say({"state": "failed", "detail": "ImportError: torch"}) == (
+        "error", "The model failed to start: ImportError: torch")
+    assert say({"state": "unschedulable", "detail": "no GPU is free"}) == (
+        "warning", "The model cannot be started here now: no GPU is free")
+
+
 def test_what_may_not_be_seen_reads_as_not_there(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
     test = app(seeded, monkeypatch, model=seeded.private).run()
     assert not test.exception and seeded.private in test.warning[0].value  # the name asked for, nothing more
@@ -196,6 +234,26 @@ def test_the_owner_logs_in_with_a_token_and_sees_everything(browser: Browser, se
     page.close()
 
 
+def test_the_sidebar_navigates_in_the_same_tab_and_session(browser: Browser, seeded: Seeded) -> None:  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    open_gallery(page, seeded.gallery_url)
+    expect(page.get_by_text("No login provider is configured on this registry")).to_be_visible()
+    page.get_by_text("Log in with an access token").click()
+    page.get_by_label("Access token").fill(seeded.token)
+    page.get_by_role("button", name="Use token").click()
+    expect(page.get_by_text(f"Logged in as {seeded.owner}")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    page.get_by_role("button", name="My models").click()
+    expect(page.get_by_role("heading", name="My models")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    expect(page.get_by_role("link", name=seeded.private)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    assert page.url.endswith("?mine=1")
+    page.get_by_role("button", name="All models").click()
+    expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    expect(page.get_by_text(f"Logged in as {seeded.owner}")).to_be_visible()  # the pasted token is kept
+    assert len(context.pages) == 1 and "mine" not in page.url
+    context.close()
+
+
 def test_an_anonymous_share_link_opens_the_model_and_its_demo(browser: Browser, seeded: Seeded,  # noqa: F811
                                                               artifacts_dir: Path) -> None:
     owner = http(seeded.registry.url, seeded.token)
@@ -218,3 +276,69 @@ def test_the_gallery_needs_no_database(seeded: Seeded) -> None:
     """It reads the registry's REST API only: nothing in its code opens the database."""
     sources = "\n".join(path.read_text() for path in APP.parent.glob("*.py"))
     assert "sqlalchemy" not in sources and "modelhall.registry" not in sources
+
+
+# --- page parts, without a registry ------------------------------------------------------
+
+
+def fake_runs(count: int) -> list[dict]:
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    return [{"created_at": (start + timedelta(minutes=7 * i)).isoformat(), "status": "succeeded", "source": "api",
+             "duration_ms": 5.0 + (i % 97), "cold": i % 50 == 0} for i in range(count)]
+
+
+@pytest.mark.parametrize("count", [1, 10, 10_000])
+def test_charts_stay_legible_with_1_10_and_10000_runs(count: int) -> None:
+    frame = charts.runs_frame(fake_runs(count))
+    per_day, latency, starts = (chart.to_dict() for chart in (charts.runs_per_day(frame),
+                                                              charts.latency_histogram(frame),
+                                                              charts.cold_versus_warm(frame)))
+    rows = {name: len(next(iter(spec["datasets"].values()))) for name, spec in
+            (("per day", per_day), ("latency", latency), ("starts", starts))}
+    assert rows["per day"] == frame["day"].nunique() and rows["starts"] == 2  # summaries, never a row per run
+    assert rows["latency"] == (count if count <= charts.FEW_RUNS else charts.LATENCY_BINS)
+    assert latency["mark"]["type"] == ("tick" if count <= charts.FEW_RUNS else "bar")  # one run: a mark, not a wall
+    assert starts["layer"][0]["encoding"]["x"]["scale"]["domain"] == ["cold", "warm"]  # both, even with one run
+    assert all(spec["width"] == "container" for spec in (per_day, latency, starts))  # titles are not clipped
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A predict endpoint that keeps what it was sent and answers as the registry does."""
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+        self.received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+        body = b'{"outputs": {"label": "7"}}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_api_snippets_run_as_pasted(tmp_path: Path) -> None:
+    """curl (with base64 -w0) and Python (with open(…, 'rb')) send the example's file from the folder they
+    run in, as the predict API takes it."""
+    spec = load_spec_file(template_path("image-classification")).to_json_dict()
+    digit = template_path("image-classification") / "examples" / "digit-0.png"
+    shutil.copyfile(digit, tmp_path / "digit-0.png")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/api/v1/repos/a/digits/predict"
+        code = snippets(url, "http://127.0.0.1:1/", spec, "token")
+        env = {**os.environ, "MODELHALL_TOKEN": "mh_example"}
+        subprocess.run(["bash", "-euc", code["curl"]], cwd=tmp_path, env=env, check=True, capture_output=True)
+        printed = subprocess.run([sys.executable, "-c", code["Python"]], cwd=tmp_path, env=env, check=True,
+                                 capture_output=True, text=True).stdout
+    finally:
+        server.shutdown()
+    assert printed.strip() == "{'label': '7'}"
+    expected = {"inputs": {"image": {"name": "digit-0.png", "data": base64.b64encode(digit.read_bytes()).decode()}}}
+    assert [json.loads(body) for _, body in _Recorder.received[-2:]] == [expected, expected]
+    assert all(headers["Authorization"] == "Bearer mh_example" for headers, _ in _Recorder.received[-2:])
+    assert "<base64" not in "".join(code.values()) and "handle_file('digit-0.png')" in code["gradio_client"]

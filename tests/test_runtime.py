@@ -332,6 +332,43 @@ def test_every_prediction_is_in_the_run_history(runtime_registry: RegistryServer
     assert (seen_by_stranger.json()["caller"], seen_by_stranger.json()["caller_hidden"]) == (None, True)
 
 
+def test_runs_are_timed_by_their_request_and_the_first_after_a_wake_is_cold(runtime_registry: RegistryServer,
+                                                                           tmp_path: Path) -> None:
+    """A demo's page load wakes the model; its first Run is the cold run, not the page. Every run is
+    dated when its request came (before the wake it caused), and the history is in that order."""
+    user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "timed")
+    repository = f"{user}/timed"
+    opened = httpx.get(f"{runtime_registry.url}/demo/{repository}/", headers={"Accept": "text/html"},
+                       follow_redirects=True)
+    assert opened.status_code == 503  # the starting page
+    wait_for(lambda: status(runtime_registry, repository)["state"] == "running", "the demo's wake")
+    demo = Client(f"{runtime_registry.demo_url}/demo/{repository}/", verbose=False,
+                  download_files=str(tmp_path / "dl"), httpx_kwargs={"timeout": 120})
+    demo.predict("First", "plain", api_name="/predict")
+    demo.predict("Second", "plain", api_name="/predict")
+    client = http(runtime_registry.url, token)
+    queued = client.post(f"/api/v1/repos/{repository}/runs", json={"inputs": {"name": "Queued"}}).json()
+    wait_for(lambda: client.get(queued["url"]).json()["status"] == "succeeded", "the async run")
+    assert predict(runtime_registry, repository, "Last", token).status_code == 200
+    wait_for(lambda: len(runs_of(runtime_registry, repository, token)) == 4, "four runs recorded")
+    newest_first = runs_of(runtime_registry, repository, token)
+    assert [(run["source"], run["inputs"]["name"]) for run in newest_first] == [
+        ("api", "Last"), ("async", "Queued"), ("demo", "Second"), ("demo", "First")]
+    created = [run["created_at"] for run in newest_first]
+    assert created == sorted(created, reverse=True) and len(set(created)) == 4
+    assert all(run["created_at"] <= run["finished_at"] for run in newest_first)
+    assert [run["cold"] for run in newest_first if run["source"] != "async"] == [False, False, True]
+
+    owner, token, _ = push(runtime_registry, quick_hello(tmp_path / "second", idle_timeout=300), "woken")
+    woken_by_api = f"{owner}/woken"
+    assert predict(runtime_registry, woken_by_api, "Wake", token).status_code == 200
+    wait_for(lambda: runs_of(runtime_registry, woken_by_api, token), "the run recorded")
+    [run] = runs_of(runtime_registry, woken_by_api, token)
+    [worker] = status(runtime_registry, woken_by_api)["workers"]
+    assert run["cold"] is True
+    assert datetime.fromisoformat(run["created_at"]) < datetime.fromisoformat(worker["started_at"])
+
+
 def test_file_outputs_are_kept_in_the_blob_store(runtime_registry: RegistryServer, tmp_path: Path) -> None:
     user, token, _ = push(runtime_registry, template_path("image-to-image"), "winter")
     beach = (template_path("image-to-image") / "examples" / "beach.png").read_bytes()
@@ -381,7 +418,15 @@ def test_logs_of_the_build_and_the_worker_are_for_writers_only(runtime_registry:
     assert predict(runtime_registry, f"{user}/logged", "x").status_code == 200
     owner = http(runtime_registry.url, token)
     assert "hello" in owner.get(f"/api/v1/repos/{user}/logged/deployment/logs").text
-    assert owner.get(f"/api/v1/repos/{user}/logged/deployment/logs", params={"build": "true"}).status_code == 200
+    built = owner.get(f"/api/v1/repos/{user}/logged/deployment/logs", params={"build": "true"})
+    assert built.status_code == 200 and re.search(r"^environment [0-9a-f]+: Python 3\.\d+", built.text)
+    assert "\ninstalled: " in built.text and "reused" not in built.text
+    other, other_token, _ = push(runtime_registry, quick_hello(tmp_path / "again", idle_timeout=300), "again")
+    assert predict(runtime_registry, f"{other}/again", "y").status_code == 200
+    reused = http(runtime_registry.url, other_token).get(f"/api/v1/repos/{other}/again/deployment/logs",
+                                                         params={"build": "true"}).text
+    assert reused.startswith("This version reused the environment built earlier for another model's version.\n")
+    assert user not in reused and "logged" not in reused  # the other repository is not named
     _, stranger = runtime_registry.user()
     assert http(runtime_registry.url, stranger).get(f"/api/v1/repos/{user}/logged/deployment/logs").status_code == 403
 
@@ -392,8 +437,9 @@ def test_runs_and_logs_in_the_terminal(runtime_registry: RegistryServer, tmp_pat
     user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "terminal")
     assert predict(runtime_registry, f"{user}/terminal", "Dee", token).status_code == 200
     wait_for(lambda: runs_of(runtime_registry, f"{user}/terminal", token), "the run being recorded")
-    listed = cli(runtime_registry, "runs", f"{user}/terminal", token=token).stdout
+    listed = cli(runtime_registry, "runs", f"{user}/terminal", token=token, columns=80).stdout
     assert "succeeded" in listed and "Hello, Dee." in listed and "cold" in listed and user in listed
+    assert "…" not in listed and re.search(r"^\d\d:\d\d:\d\d ", listed.splitlines()[1])
     assert "hello" in cli(runtime_registry, "logs", f"{user}/terminal", token=token).stdout
     refused = cli(runtime_registry, "logs", f"{user}/terminal", check=False)
     assert refused.returncode == 1 and "Not logged in" in refused.stderr

@@ -392,5 +392,7 @@ def test_a_models_processes_end_with_its_worker_even_those_that_left_its_session
     with httpx.Client(transport=httpx.HTTPTransport(uds=worker.unix_socket), base_url="http://worker") as client:
         assert client.get("/healthz", params={"wait": 60}, timeout=90).status_code == 200
     wait_for(lambda: processes_mentioning(token), "the daemon starting")
+    sockets = Path(worker.unix_socket).parent
     runtime.stop(worker)
     wait_for(lambda: not processes_mentioning(token), "the daemon ending with its worker", seconds=10)
+    assert not sockets.exists()  # the last worker's socket takes its folder in /tmp with it

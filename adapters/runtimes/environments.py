@@ -210,6 +210,16 @@ def default_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def _describe(record: EnvironmentRecord) -> str:
+    origin = f"grown from environment {record.base}" if record.base else "new"
+    return "\n".join([
+        f"environment {record.key}: Python {record.python}, {origin}, built in {record.seconds:g} s",
+        f"requirements: {', '.join(record.requirements) or 'none beyond the platform'}",
+        *([f"provided by the platform: {', '.join(record.provided)}"] if record.provided else []),
+        f"installed: {', '.join(record.installed) or 'nothing'}",
+    ])
+
+
 def find_uv() -> str:
     from uv import find_uv_bin
 
@@ -239,8 +249,13 @@ class EnvironmentBuilder:
                 if (self.root / p.stem).is_dir()]
 
     def log(self, key: str, lines: int = 200) -> str:
-        path = self.root / f"{key}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        """What the environment is (its record, in words), then the end of its installer's output, which
+        is empty when there was nothing to install."""
+        record_file, path = self.root / f"{key}.json", self.root / f"{key}.log"
+        summary = (_describe(EnvironmentRecord(**json.loads(record_file.read_text()))) if record_file.exists()
+                   else f"environment {key}: not built here")
+        output = "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return f"{summary}\n{output or '(the installer printed nothing)'}"
 
     def find(self, spec: EnvironmentSpec) -> Environment | None:
         record_file = self.root / f"{spec.key}.json"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import contextlib
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import sysconfig
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -94,6 +96,7 @@ class LocalRuntime:
                                                index_args=index_args)
         self.gpus = detect_gpus()
         self._gpu_holders: dict[str, WorkerHandle] = {}  # GPU id → the worker using it
+        self._sockets_lock = threading.Lock()  # the sockets folder goes with its last socket, not under a new one
 
     def build(self, bundle: Path) -> Build:
         """The version's environment, built in a sandbox if it is new (see :mod:`environments`)."""
@@ -150,12 +153,13 @@ class LocalRuntime:
         spec = load_spec_file(bundle)
         network = self._network(spec)  # refused before anything is set up for the worker
         name = f"{digest.split(':')[-1][:12]}-{uuid.uuid4().hex[:6]}"
-        self.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         private_tmp = self.sandboxes / name / "tmp"  # an unsandboxed worker's temp dir (a sandbox has a tmpfs)
         if not self.sandboxed:
             private_tmp.mkdir(parents=True)
-        listener = self._listen(self.sockets / f"{name}.sock")
+        with self._sockets_lock:
+            self.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
+            listener = self._listen(self.sockets / f"{name}.sock")
         endpoint = f"unix:{listener.getsockname()}"
         gpus = self._assign_gpus(spec, WorkerHandle(f"{name}:0", endpoint))
         environment = self.environments.root / build.environment
@@ -252,7 +256,10 @@ class LocalRuntime:
             if self.alive(worker):
                 os.killpg(pid, signal.SIGKILL)
                 self.alive(worker)  # reap it
-        (self.sockets / f"{name}.sock").unlink(missing_ok=True)
+        with self._sockets_lock:
+            (self.sockets / f"{name}.sock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # other workers' sockets are still in it
+                self.sockets.rmdir()
         shutil.rmtree(self.sandboxes / name, ignore_errors=True)
 
     def build_log(self, environment: str, lines: int = 200) -> str:

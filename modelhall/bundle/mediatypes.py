@@ -1,5 +1,7 @@
 """OCI media types and annotation keys of a Modelhall bundle."""
 
+from typing import Any
+
 BUNDLE_ARTIFACT_TYPE = "application/vnd.modelhall.bundle.v1"
 SPEC_MEDIA_TYPE = "application/vnd.modelhall.spec.v1+json"
 CODE_MEDIA_TYPE = "application/vnd.modelhall.code.v1.tar+gzip"
@@ -37,3 +39,16 @@ def is_folder_archive(layer: dict[str, object]) -> bool:
     assert isinstance(annotations, dict)
     return (layer.get("mediaType") in (CODE_MEDIA_TYPE, OCI_LAYER_TAR_GZIP)
             or annotations.get(ANNOTATION_ORAS_UNPACK) == "true")
+
+
+def descriptors(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a manifest names: an index's manifests, or an image manifest's config and layers."""
+    if "manifests" in document:
+        return list(document.get("manifests") or [])
+    return [document["config"], *(document.get("layers") or [])] if document.get("config") else []
+
+
+def version_size(body: bytes, document: dict[str, Any]) -> int:
+    """A version's size, the one definition (the versions API and ``modelhall inspect`` both show it):
+    the bytes of the manifest and of every blob it names."""
+    return len(body) + sum(d.get("size", 0) for d in descriptors(document))

@@ -14,6 +14,7 @@ from modelhall.client.credentials import Credentials, save_credentials
 from modelhall.client.reference import registry_url
 from modelhall.client.registry import RegistryClient
 from modelhall.registry.auth.scopes import SCOPE_HELP, SCOPES
+from modelhall.registry.auth.login_links import LINK_TTL, create_login_link, login_link_url
 from modelhall.registry.auth.tokens import create_access_token
 from modelhall.registry.db.models import ROLES, Membership, Organization, User
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
@@ -119,3 +120,17 @@ def create_token(user: str,
             _fail(str(error))
         db.commit()
     print(token)
+
+
+@admin.command("login-link")
+def login_link(user: str) -> None:
+    """Print a one-time link that logs USER in to the registry and the gallery (only the link, on stdout).
+
+    It works once, within 15 minutes; only its hash is stored."""
+    with _sessions()() as db:
+        owner = db.scalar(select(User).where(User.name == user))
+        if owner is None:
+            _fail(f"no user {user!r}; create it with `modelhall admin create-user {user}`")
+        token = create_login_link(db, owner, LINK_TTL)
+        db.commit()
+    print(login_link_url(load_settings().url, token))

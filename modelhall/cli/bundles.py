@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from modelhall.client.registry import RegistryClient
 from modelhall.client.transfer import fetch_manifest, pull_bundle, push_bundle
 from modelhall.settings import load_settings
 from modelhall.spec import Spec, load_spec_file
+from modelhall.spec.model import NAME_PATTERN
 from modelhall.templates import template_names, template_path
 
 
@@ -35,16 +37,30 @@ def _describe(spec: Spec) -> str:
 
 @friendly_errors
 def init(directory: Annotated[Path, typer.Argument(help="where to create the bundle")] = Path("."),
-         template: Annotated[str, typer.Option("--template", "-t", help="starter bundle to copy")] = "hello") -> None:
-    """Create a bundle from a starter template."""
+         template: Annotated[str, typer.Option("--template", "-t", help="starter bundle to copy")] = "hello",
+         name: Annotated[str | None, typer.Option(help="the bundle's name (default: the folder's)")] = None) -> None:
+    """Create a bundle from a starter template, named after its folder or --name."""
     if template not in template_names():
         errors.print(f"Error: no template {template!r}; choose one of {', '.join(template_names())}")
+        raise typer.Exit(1)
+    name = name or directory.resolve().name.lower()
+    if not re.fullmatch(NAME_PATTERN, name):
+        errors.print(f"Error: {name!r} is not a bundle name (lower-case letters, digits and . _ - between them); "
+                     "pass one with --name")
         raise typer.Exit(1)
     if (directory / "modelhall.yaml").exists():
         raise FileExistsError(f"{directory / 'modelhall.yaml'} exists already; init will not overwrite it")
     shutil.copytree(template_path(template), directory, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    console.print(f"Created a {template} bundle in {directory}. Next: `modelhall validate {directory}`.")
+    _rename(directory / "modelhall.yaml", name)
+    console.print(f"Created the bundle {name!r} from the {template} template in {directory}. "
+                  f"Next: `modelhall validate {directory}`.", highlight=False)
+
+
+def _rename(spec_file: Path, name: str) -> None:
+    """Set the spec's top-level ``name:`` line, keeping the template's comments and layout."""
+    text, count = re.subn(r"^name:.*$", f"name: {name}", spec_file.read_text(), count=1, flags=re.MULTILINE)
+    spec_file.write_text(text if count else f"name: {name}\n{text}")
 
 
 @friendly_errors
@@ -89,7 +105,8 @@ def inspect(reference: Annotated[str, typer.Argument(help="owner/name:tag or hos
     """Show a pushed version: manifest, layers, sizes and spec."""
     client, ref = _client_for(reference)
     with client:
-        manifest, digest = fetch_manifest(client, ref)
+        fetched = fetch_manifest(client, ref)
+        manifest, digest = fetched.document, fetched.digest
         config = manifest.get("config") or {}
         spec = None
         if config.get("mediaType") == mt.SPEC_MEDIA_TYPE:
@@ -104,8 +121,7 @@ def inspect(reference: Annotated[str, typer.Argument(help="owner/name:tag or hos
         title = (layer.get("annotations") or {}).get(mt.ANNOTATION_TITLE, "")
         table.add_row(title, layer["mediaType"], _human(layer["size"]), layer["digest"][:19])
     console.print(table)
-    total = sum(d["size"] for d in [config, *(manifest.get("layers") or [])] if d)
-    console.print(f"total {_human(total)}", highlight=False)
+    console.print(f"total {_human(fetched.size)} ({fetched.size:,} bytes with the manifest)", highlight=False)
     if spec:
         console.print(_describe(spec), highlight=False)
 

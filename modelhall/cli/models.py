@@ -25,18 +25,19 @@ def serve(bundle: Annotated[Path, typer.Argument(help="bundle directory")] = Pat
     """Serve a bundle's generated demo and predict API from this environment."""
     from modelhall.showcase.runner import open_runner
 
-    runner = open_runner(bundle, digest=digest)
-    runner.start_loading()  # before importing the server: the two overlap
-    from modelhall.showcase.server import create_server
+    with tempfile.TemporaryDirectory(prefix="modelhall-serve-") as scratch:  # removed when the server stops
+        runner = open_runner(bundle, digest=digest, scratch=Path(scratch))
+        runner.start_loading()  # before importing the server: the two overlap
+        from modelhall.showcase.server import create_server
 
-    app = create_server(runner, root_path=root_path)
-    where = f"unix:{uds}" if uds else f"http://{host}:{port}"
-    console.print(f"{app.state.runner.spec.name}: demo {where}/  ·  POST /predict  ·  GET /spec  ·  "
-                  "GET /healthz  ·  GET /metrics", highlight=False)
-    if uds:
-        uvicorn.run(app, uds=str(uds), log_level="warning")
-    else:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        app = create_server(runner, root_path=root_path)
+        where = f"unix:{uds}" if uds else f"http://{host}:{port}"
+        console.print(f"{app.state.runner.spec.name}: demo {where}/  ·  POST /predict  ·  GET /spec  ·  "
+                      "GET /healthz  ·  GET /metrics", highlight=False)
+        if uds:
+            uvicorn.run(app, uds=str(uds), log_level="warning")
+        else:
+            uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @friendly_errors

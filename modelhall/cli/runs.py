@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from modelhall.cli.output import console, friendly_errors
@@ -15,6 +17,7 @@ from modelhall.client.registry import RegistryClient
 from modelhall.settings import load_settings
 
 MAX_SHOWN = 60
+CALLER_WIDTH = 16  # longer names wrap onto a second line, whole
 
 
 def repository_client(repository: str) -> tuple[RegistryClient, str]:
@@ -25,8 +28,44 @@ def repository_client(repository: str) -> tuple[RegistryClient, str]:
 
 
 def _short(value: object) -> str:
-    text = str(value)
+    """Inputs or outputs as ``name=value`` pairs, cut at :data:`MAX_SHOWN` characters."""
+    text = ", ".join(f"{name}={item}" for name, item in value.items()) if isinstance(value, dict) else str(value)
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
+
+
+def _when(created_at: str, now: datetime) -> str:
+    """A run's time in the viewer's zone: the time alone today, month and day this year, else the date."""
+    moment = datetime.fromisoformat(created_at)
+    moment = (moment if moment.tzinfo else moment.replace(tzinfo=now.tzinfo)).astimezone(now.tzinfo)
+    if moment.date() == now.date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%m-%d %H:%M" if moment.year == now.year else "%Y-%m-%d")
+
+
+def _milliseconds(duration: float | None) -> str:
+    """Two significant digits at least: a run of 0.3 ms is not "0"."""
+    if duration is None:
+        return ""
+    return f"{duration:.2f}" if duration < 1 else f"{duration:.1f}" if duration < 10 else f"{duration:.0f}"
+
+
+def runs_table(found: list[dict[str, Any]], now: datetime) -> Table:
+    """The runs as a table that stays readable at 80 columns: time, source, status, duration and
+    start are never cut, nor the caller (a long name wraps); inputs and outputs wrap in what is left."""
+    table = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold")
+    for header in ("when", "source", "status"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("ms", justify="right", no_wrap=True)
+    table.add_column("start", no_wrap=True)
+    table.add_column("caller", overflow="fold", max_width=CALLER_WIDTH)
+    table.add_column("inputs → outputs", overflow="fold", ratio=1)
+    for run in found:
+        caller = run["caller"] or ("(hidden)" if run["caller_hidden"] else "anonymous")
+        result = f"error: {run['error']}" if run["status"] == "failed" else run["outputs"]
+        table.add_row(_when(run["created_at"], now), run["source"], run["status"], _milliseconds(run["duration_ms"]),
+                      {True: "cold", False: "warm", None: ""}[run["cold"]], caller,
+                      f"{_short(run['inputs'])} → {_short(result)}")
+    return table
 
 
 @friendly_errors
@@ -39,15 +78,7 @@ def runs(repository: Annotated[str, typer.Argument(help="owner/name")],
     params = {k: v for k, v in {"status": status, "source": source, "limit": limit}.items() if v is not None}
     with client:
         found = client.api("GET", f"/repos/{name.split('@')[0]}/runs", params=params)
-    table = Table("when", "source", "status", "ms", "cold", "caller", "inputs", "outputs or error")
-    for run in found:
-        caller = run["caller"] or ("(hidden)" if run["caller_hidden"] else "anonymous")
-        result = run["error"] if run["status"] == "failed" else run["outputs"]
-        table.add_row(run["created_at"][:19].replace("T", " "), run["source"], run["status"],
-                      "" if run["duration_ms"] is None else f"{run['duration_ms']:.0f}",
-                      {True: "cold", False: "warm", None: ""}[run["cold"]], caller, _short(run["inputs"]),
-                      _short(result))
-    console.print(table)
+    console.print(runs_table(found, datetime.now().astimezone()))
 
 
 @friendly_errors

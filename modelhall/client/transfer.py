@@ -106,18 +106,27 @@ def _upload_resumable(client: RegistryClient, reference: Reference, digest: str,
     sessions.put(key, None)
 
 
-def fetch_manifest(client: RegistryClient, reference: Reference) -> tuple[dict[str, Any], str]:
-    """The manifest and its digest; a digest reference is checked against the bytes."""
+@dataclass(frozen=True)
+class FetchedManifest:
+    document: dict[str, Any]
+    digest: str
+    size: int  # the version's: see mediatypes.version_size
+
+
+def fetch_manifest(client: RegistryClient, reference: Reference) -> FetchedManifest:
+    """The manifest, its digest and the version's size; a digest reference is checked against the bytes."""
     body, _media_type = client.get_manifest(reference.repository, reference.reference)
     digest = digest_bytes(body)
     if reference.is_digest and digest != reference.reference:
         raise DigestMismatchError(f"the registry sent a manifest with digest {digest}, not {reference.reference}")
-    return json.loads(body), digest
+    document = json.loads(body)
+    return FetchedManifest(document, digest, mt.version_size(body, document))
 
 
 def pull_bundle(client: RegistryClient, reference: Reference, target: Path, console: Console,
                 limits: UnpackLimits = UnpackLimits()) -> str:
-    manifest, digest = fetch_manifest(client, reference)
+    fetched = fetch_manifest(client, reference)
+    manifest, digest = fetched.document, fetched.digest
     layers = manifest.get("layers") or []
     with progress_bar(console) as progress:
         task = progress.add_task(f"pull {reference}", total=sum(layer["size"] for layer in layers))

@@ -194,6 +194,18 @@ def get_run_file(owner: str, name: str, run_id: str, digest: str, request: Reque
     return Response(data, media_type=media_type, headers=headers)  # not media: a download, whatever it claims
 
 
+def reused_from(db: Session, deployment: Deployment) -> str:
+    """A line saying whose build made the environment, when this version only reused it. Another
+    repository's version is not named: the viewer may not see it."""
+    first = db.scalar(select(Deployment).where(Deployment.environment == deployment.environment)
+                      .order_by(Deployment.id))
+    if first is None or first.id == deployment.id:
+        return ""
+    if first.repository_id != deployment.repository_id:
+        return "This version reused the environment built earlier for another model's version.\n"
+    return f"This version reused the environment built earlier for {first.digest}.\n"
+
+
 @router.get("/{owner}/{name_ref}/deployment/logs", response_class=PlainTextResponse)
 def deployment_logs(owner: str, name_ref: str, request: Request, build: bool = False,
                     lines: int = Query(default=200, ge=1, le=5000), db: Session = Depends(get_db),
@@ -213,7 +225,7 @@ def deployment_logs(owner: str, name_ref: str, request: Request, build: bool = F
     if build:
         if deployment.environment is None:
             return PlainTextResponse(deployment.build_error or "the build has not finished")
-        return PlainTextResponse(runtime.build_log(deployment.environment, lines))
+        return PlainTextResponse(reused_from(db, deployment) + runtime.build_log(deployment.environment, lines))
     worker = db.scalar(select(Worker).where(Worker.deployment_id == deployment.id).order_by(Worker.id.desc()))
     if worker is None:
         raise HTTPException(404, f"{owner}/{name_ref} has had no worker yet")

@@ -116,7 +116,7 @@ def _store_manifest(name: str, reference: str, body: bytes, request: Request, db
         "digest": digest, "media_type": media_type, "size": len(body),
         "artifact_type": document.get("artifactType") or (document.get("config") or {}).get("mediaType"),
         "subject": subject, "annotations": document.get("annotations") or {},
-        "total_size": len(body) + sum(d.get("size", 0) for d in _descriptors(document)),
+        "total_size": mt.version_size(body, document),
         "spec": index.spec.to_json_dict() if index else None, "readme": index.readme if index else None,
         "thumbnail": index.thumbnail if index else None,
     })
@@ -151,17 +151,11 @@ def _parse(body: bytes, content_type: str | None) -> tuple[dict[str, Any], str]:
         raise OCIError("MANIFEST_INVALID", f"unsupported manifest media type {media_type[:100]!r}")
     if media_type in mt.IMAGE_MANIFEST_TYPES and not isinstance(document.get("config"), dict):
         raise OCIError("MANIFEST_INVALID", "an image manifest needs a config descriptor")
-    for descriptor in _descriptors(document):
+    for descriptor in mt.descriptors(document):
         if not isinstance(descriptor, dict) or not isinstance(descriptor.get("size"), int):
             raise OCIError("MANIFEST_INVALID", "every descriptor needs a digest and an integer size")
         checked_digest(str(descriptor.get("digest")))
     return document, media_type
-
-
-def _descriptors(document: dict[str, Any]) -> list[dict[str, Any]]:
-    if "manifests" in document:
-        return list(document.get("manifests") or [])
-    return [document["config"], *(document.get("layers") or [])] if document.get("config") else []
 
 
 def _require_references(db: Session, repository: Repository, document: dict[str, Any]) -> None:

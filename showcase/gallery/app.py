@@ -36,13 +36,26 @@ def login_providers(_api: GalleryAPI, registry: str) -> list[dict[str, str]]:
     return _api.providers()
 
 
+NO_PROVIDER = ("No login provider is configured on this registry (`MODELHALL_OIDC_PROVIDERS`). To log in, open a "
+               "one-time link made on the server with `modelhall admin login-link USER` (`make demo` prints one "
+               "for `demo`), or paste an access token below.")
+
+
+def navigate(sidebar: DeltaGenerator, label: str, query: dict[str, str]) -> None:
+    """A link-like button to another page of the gallery, in this tab and this session (a pasted token
+    stays; st.markdown's links open a new tab, and a plain link would start a new session)."""
+    if sidebar.button(label, type="tertiary", key=f"navigate-{label}"):
+        st.query_params.from_dict(query)
+        st.rerun()
+
+
 def account(api: GalleryAPI, sidebar: DeltaGenerator) -> None:
     """Who is looking, and how to log in or out (in ``sidebar``, a place at the sidebar's top)."""
     user = api.whoami()
-    sidebar.markdown("[All models](?)")
+    navigate(sidebar, "All models", {})
     if user:
         sidebar.markdown(f"Logged in as **{user}**")
-        sidebar.markdown("[My models](?mine=1)")
+        navigate(sidebar, "My models", {"mine": "1"})
         if st.session_state.get("token"):
             if sidebar.button("Forget the token"):
                 del st.session_state["token"]
@@ -50,9 +63,12 @@ def account(api: GalleryAPI, sidebar: DeltaGenerator) -> None:
         else:
             sidebar.link_button("Log out", f"{api.browser_url}/auth/logout?next={GALLERY}/")
         return
-    for provider in login_providers(api, api.registry):
+    providers = login_providers(api, api.registry)
+    for provider in providers:
         sidebar.link_button(f"Log in with {provider['name']}",
                             f"{api.browser_url}{provider['login']}?next={GALLERY}/")
+    if not providers:
+        sidebar.caption(NO_PROVIDER)
     with sidebar.expander("Log in with an access token"):
         token = st.text_input("Access token", type="password", key="token-input")
         if st.button("Use token") and token:

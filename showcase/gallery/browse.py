@@ -14,8 +14,12 @@ PAGE_SIZE = 24
 FACETS_TTL_SECONDS = 60
 # A tile per task family for models without an example image: plain shapes, no emoji font needed.
 TILE_COLOURS = {"image": "#5b8def", "text": "#e8833a", "audio": "#3aa876", "video": "#b35bd6"}
-TILE = ("<div style='height:150px;border-radius:8px;background:{colour};display:flex;align-items:center;"
-        "justify-content:center;color:white;font:600 1.1rem sans-serif;text-align:center;padding:0 1rem'>{label}</div>")
+# The tile names the model (its initial, large; its name; its task), so that two models of one task differ.
+TILE = ("<div style='height:150px;border-radius:8px;background:{colour};display:flex;flex-direction:column;"
+        "align-items:center;justify-content:center;color:white;font-family:sans-serif;text-align:center;"
+        "padding:0 1rem'><div style='font:700 3rem sans-serif;line-height:1'>{initial}</div>"
+        "<div style='font-weight:600;margin-top:.4rem'>{name}</div><div style='font-size:.85rem;opacity:.85'>{task}"
+        "</div></div>")
 SORTS = {"recent": "Recently updated", "runs": "Most run", "name": "Name"}
 
 
@@ -52,10 +56,12 @@ def draw_filters(api: GalleryAPI) -> None:
     sidebar.radio("Sort by", list(SORTS), format_func=SORTS.__getitem__, key="sort")
 
 
-def task_tile(task: str | None) -> str:
-    family = next((name for name in TILE_COLOURS if task and task.startswith(name)), None)
-    label = html.escape((task or "model").replace("-", " "))
-    return TILE.format(colour=TILE_COLOURS.get(family or "", "#7a7f8c"), label=label)
+def task_tile(task: str | None, name: str) -> str:
+    """A picture for a model without an example image: its task family's colour, its initial and name."""
+    family = next((family for family in TILE_COLOURS if task and task.startswith(family)), None)
+    short = name.rpartition("/")[2]
+    return TILE.format(colour=TILE_COLOURS.get(family or "", "#7a7f8c"), initial=html.escape(short[:1].upper()),
+                       name=html.escape(short), task=html.escape((task or "no task").replace("-", " ")))
 
 
 def cached_facets(api: GalleryAPI) -> dict[str, list[str]]:
@@ -89,7 +95,7 @@ PICTURE = "<img src='{src}' alt='example of {name}' style='width:100%;height:150
 def card(api: GalleryAPI, model: dict[str, Any]) -> str:
     name = html.escape(model["name"], quote=True)
     picture = (PICTURE.format(src=html.escape(api.browser_url + model["thumbnail"], quote=True), name=name)
-               if model["thumbnail"] else task_tile(model["task"]))
+               if model["thumbnail"] else task_tile(model["task"], model["name"]))
     facts = [model["task"] or "no task", model["framework"], f"{model['run_count']} runs",
              f"updated {_age(model['updated_at'])}", "" if model["visibility"] == "public" else model["visibility"]]
     signature = (f"{', '.join(model['input_types'])} → {', '.join(model['output_types'])}"

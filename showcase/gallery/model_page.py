@@ -13,7 +13,8 @@ from modelhall.showcase.gallery.api import GalleryAPI, GalleryError, NotFound
 from modelhall.showcase.gallery.snippets import snippets
 
 DEMO_HEIGHT = 820
-CONSTRAINTS = ("min", "max", "step", "choices", "max_length", "default", "labels", "extensions")
+STATE_POLL_SECONDS = 3
+RUNS_SHOWN = 500
 
 
 def split_model_card(readme: str | None) -> tuple[dict[str, Any], str]:
@@ -31,21 +32,68 @@ def split_model_card(readme: str | None) -> tuple[dict[str, Any], str]:
     return (metadata if isinstance(metadata, dict) else {}), body.lstrip("-\n")
 
 
+SAME_AS = {"pipeline_tag": "task", "library_name": "framework"}  # model-card keys that say what a spec key says
+CARD_LISTS = {"tags": "tag", "datasets": "dataset", "language": "language"}
+
+
 def badges(metadata: dict[str, Any], model: dict[str, Any]) -> str:
+    """The spec's facts and the model card's metadata as one set of badges: a fact both give (the
+    license, the task) once, whatever its case; the card's lists (tags, datasets) one badge per item."""
     values = [("task", model.get("task")), ("framework", model.get("framework")), ("license", model.get("license")),
               ("visibility", model.get("visibility")), ("weights", model.get("weights"))]
-    values += [(key, value) for key, value in metadata.items() if isinstance(value, (str, int, float))]
     values += [("tag", tag) for tag in model.get("tags") or []]
-    return " ".join(f":blue-badge[{key}: {value}]" for key, value in values if value not in (None, ""))
+    for key, value in metadata.items():
+        if key in CARD_LISTS and isinstance(value, list):
+            values += [(CARD_LISTS[key], item) for item in value if isinstance(item, (str, int, float))]
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            values.append((SAME_AS.get(key, key), value))
+    shown: dict[tuple[str, str], str] = {}
+    for key, value in values:
+        if value not in (None, ""):
+            shown.setdefault((key, str(value).casefold()), f":blue-badge[{key}: {value}]")
+    return " ".join(shown.values())
+
+
+def constraints(field: dict[str, Any]) -> str:
+    """What a field accepts, in words: bounds, choices, lengths, file types and sizes, its default."""
+    parts = []
+    low, high = field.get("min"), field.get("max")
+    if low is not None and high is not None:
+        parts.append(f"{low} to {high}")
+    elif low is not None:
+        parts.append(f"at least {low}")
+    elif high is not None:
+        parts.append(f"at most {high}")
+    if field.get("step") is not None:
+        parts.append(f"in steps of {field['step']}")
+    if field.get("choices"):
+        parts.append(("any of " if field.get("multiple") else "one of ") + ", ".join(map(str, field["choices"])))
+    if field.get("max_length") is not None:
+        parts.append(f"at most {field['max_length']} characters")
+    if field.get("accept"):
+        parts.append(" ".join(field["accept"]))
+    if field.get("max_size") is not None:
+        parts.append(f"up to {_size(field['max_size'])}")
+    if field.get("top_k") is not None:
+        parts.append(f"top {field['top_k']}")
+    if field.get("default") not in (None, "", []):
+        parts.append(f"default {field['default']}")
+    if field.get("required") is False:
+        parts.append("optional")
+    return "; ".join(parts)
+
+
+def _size(size: int) -> str:
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= factor:
+            return f"{size / factor:g} {unit}"
+    return f"{size} bytes"
 
 
 def signature_table(spec: dict[str, Any]) -> pd.DataFrame:
-    rows = []
-    for direction in ("inputs", "outputs"):
-        for field in spec.get(direction, []):
-            constraints = ", ".join(f"{key}={field[key]}" for key in CONSTRAINTS if field.get(key) not in (None, []))
-            rows.append({"": direction[:-1], "name": field["name"], "type": field["type"],
-                         "label": field.get("label") or "", "constraints": constraints})
+    rows = [{"": direction[:-1], "name": field["name"], "type": field["type"], "label": field.get("label") or "",
+             "constraints": constraints(field)}
+            for direction in ("inputs", "outputs") for field in spec.get(direction, [])]
     return pd.DataFrame(rows)
 
 
@@ -55,15 +103,35 @@ def versions_table(versions: list[dict[str, Any]]) -> pd.DataFrame:
                          for v in versions])
 
 
+DEPLOYMENT_STATES = {  # state → (how it is drawn, what it says)
+    "sleeping": ("info", "Asleep: the model wakes when the demo opens; the first answer takes a little longer."),
+    "starting": ("info", "Starting… the demo appears once the model has loaded."),
+    "running": ("success", "Running."),
+    "failed": ("error", "The model failed to start: {detail}"),
+    "unschedulable": ("warning", "The model cannot be started here now: {detail}"),
+}
+
+
+def deployment_message(state: dict[str, Any]) -> tuple[str, str]:
+    """How to draw a deployment's state (``info``, ``success``, ``warning``, ``error``) and what it says."""
+    kind, text = DEPLOYMENT_STATES.get(state["state"], ("info", f"State: {state['state']}."))
+    detail = state.get("detail") or state.get("build_error") or "no reason was given"
+    if state["state"] == "running":
+        ready = sum(worker["state"] == "ready" for worker in state.get("workers", []))
+        text = f"Running ({ready} worker{'s' if ready != 1 else ''})."
+    return kind, text.format(detail=detail)
+
+
+@st.fragment(run_every=STATE_POLL_SECONDS)
 def deployment_note(api: GalleryAPI, name: str) -> None:
+    """The deployment's state as it is now, asked again every few seconds (a fragment: the demo's frame
+    beside it is not redrawn)."""
     try:
         state = api.deployment(name)
     except GalleryError:
         return
-    if state["state"] == "failed":
-        st.error(f"The model failed to start: {state.get('detail') or state.get('build_error')}")
-    elif state["state"] in ("sleeping", "starting"):
-        st.info("The model is asleep and wakes when the demo opens; the first answer takes a little longer.")
+    kind, text = deployment_message(state)
+    getattr(st, kind)(text)
 
 
 def demo_entry(api: GalleryAPI, name: str) -> dict[str, str] | None:
@@ -92,6 +160,8 @@ def runs_section(runs: list[dict[str, Any]]) -> None:
         st.info("No runs yet.")
         return
     frame = charts.runs_frame(runs)
+    if len(runs) >= RUNS_SHOWN:
+        st.caption(f"The newest {RUNS_SHOWN} runs.")
     left, middle, right = st.columns(3)
     left.altair_chart(charts.runs_per_day(frame), width="stretch")
     middle.altair_chart(charts.latency_histogram(frame), width="stretch")
@@ -133,7 +203,7 @@ def render(api: GalleryAPI, name: str) -> None:
         show_snippets(snippets(f"{api.browser_url}/api/v1/repos/{name}/predict", demo_api, spec, "token"))
     with tabs[5]:
         try:
-            runs_section(api.runs(name))
+            runs_section(api.runs(name, limit=RUNS_SHOWN))
         except GalleryError as error:
             st.info(f"The run history is for the model's members: {error}")
     with tabs[6]:
