@@ -12,6 +12,7 @@ import pytest
 from modelhall.adapters.storage import (
     BlobNotFoundError,
     BlobStore,
+    BlobStoreError,
     DigestMismatchError,
     FileBlobStore,
     S3BlobStore,
@@ -118,3 +119,74 @@ def test_store_is_chosen_by_url(tmp_path: Path) -> None:
     assert isinstance(open_blob_store(f"file://{tmp_path}"), FileBlobStore)
     with pytest.raises(ValueError, match="unsupported storage URL 'ftp://x'"):
         open_blob_store("ftp://x")
+
+
+@pytest.fixture
+def s3_bucket(s3_server: SeaweedFS) -> Callable[[], S3BlobStore]:
+    """S3 stores over one new bucket, with S3's smallest part size so that tests stay small."""
+    bucket = s3_server.new_bucket()
+    options = S3Options(endpoint=s3_server.endpoint, addressing="path", part_size=S3_MIN_PART)
+    return lambda: S3BlobStore(bucket, "store", options, client=s3_server.client())
+
+
+def test_s3_chunks_under_the_part_size_are_gathered_into_parts(s3_bucket: Callable[[], S3BlobStore]) -> None:
+    """OCI chunks of 3 MiB, each request on another instance: S3 would refuse them as parts (under 5 MiB)."""
+    data, upload = bytes(range(256)) * (13 * 1024 * 4), str(uuid.uuid4())  # 13 MiB
+    s3_bucket().writer(upload, append=False).close()
+    for start in range(0, len(data), 3 * 1024 * 1024):
+        writer = s3_bucket().writer(upload, append=True)
+        writer.write(data[start:start + 3 * 1024 * 1024])
+        writer.close()
+    store = s3_bucket()
+    assert store.upload_size(upload) == len(data)
+    assert store.writer(upload, append=True).commit(sha256(data)) == len(data)
+    assert b"".join(store.read(sha256(data))) == data
+    assert b"".join(store.read(sha256(data), 5 * 1024 * 1024 - 3, 7)) == data[5 * 1024 * 1024 - 3:5 * 1024 * 1024 + 4]
+
+
+def test_s3_session_moved_to_another_instance_is_hashed_again(s3_bucket: Callable[[], S3BlobStore]) -> None:
+    """The running hash stays in the process that wrote: another instance reads the bytes back from S3."""
+    data, upload = b"x" * (6 * 1024 * 1024), str(uuid.uuid4())
+    first = s3_bucket().writer(upload, append=False)
+    first.write(data)
+    first.close()
+    other = s3_bucket()
+    wrong = sha256(data + b"!")
+    with pytest.raises(DigestMismatchError, match=f"not {wrong}"):
+        other.writer(upload, append=True).commit(wrong)
+    assert other.stat(wrong) is None and other.stat(sha256(data)) is None
+
+
+def test_s3_chunk_cut_short_after_a_part_was_sent_leaves_the_session_as_it_was(
+        s3_bucket: Callable[[], S3BlobStore]) -> None:
+    store, upload = s3_bucket(), str(uuid.uuid4())
+    head, cut, rest = b"h" * (2 * 1024 * 1024), b"c" * (7 * 1024 * 1024), b"r" * (4 * 1024 * 1024)
+    writer = store.writer(upload, append=False)
+    writer.write(head)
+    writer.close()
+    writer = store.writer(upload, append=True)
+    writer.write(cut)  # enough for a part: it is sent to S3 before the request ends
+    writer.truncate(len(head))
+    writer.close()
+    assert store.upload_size(upload) == len(head)
+    writer = store.writer(upload, append=True)
+    writer.write(rest)
+    assert writer.commit(sha256(head + rest)) == len(head + rest)
+    assert b"".join(store.read(sha256(head + rest))) == head + rest
+
+
+def test_s3_racing_request_that_overwrites_a_part_is_refused(s3_bucket: Callable[[], S3BlobStore]) -> None:
+    """Attack: two requests on one session, the second rewriting the part the first sent, while the
+    first commits with the digest of its own bytes (which its running hash vouches for)."""
+    store, upload, part = s3_bucket(), str(uuid.uuid4()), 5 * 1024 * 1024
+    start = store.writer(upload, append=False)
+    start.write(b"s" * part)  # part 1: the session has its multipart upload
+    start.close()
+    honest, racing = store.writer(upload, append=True), s3_bucket().writer(upload, append=True)
+    honest.write(b"a" * part)
+    racing.write(b"b" * part)  # part 2 again, other bytes
+    with pytest.raises(BlobStoreError, match="another request wrote to the same session"):
+        honest.commit(sha256(b"s" * part + b"a" * part))
+    assert store.stat(sha256(b"s" * part + b"a" * part)) is None
+    assert store.stat(sha256(b"s" * part + b"b" * part)) is None
+

@@ -30,10 +30,12 @@ from modelhall.registry.oci.errors import OCIError
 router = APIRouter()
 CONTENT_RANGE_PATTERN = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/\d+|/\*)?$")
 T = TypeVar("T")
+# Bodies reach the store in batches of this size, written off the event loop (a store may send them on to S3).
+WRITE_BATCH = 1024 * 1024
 
 
 async def in_thread(function: Callable[..., T], *args: object) -> T:
-    """Database and fsync work runs off the event loop, which keeps streaming bodies."""
+    """Database and blob-store work runs off the event loop, which keeps streaming bodies."""
     return await run_in_threadpool(function, *args)
 
 
@@ -60,18 +62,26 @@ async def receive_body(request: Request, writer: BlobWriter, expected: int | Non
     ``expected`` is the chunk length its ``Content-Range`` announced.
     """
     start = writer.size
+    batch = bytearray()
     try:
         async for chunk in request.stream():
-            writer.write(chunk)
+            batch += chunk
+            if len(batch) >= WRITE_BATCH:
+                await in_thread(writer.write, bytes(batch))
+                batch.clear()
+        await in_thread(writer.write, bytes(batch))
     except ClientDisconnect:
-        writer.truncate(start)
-        writer.close()
+        await in_thread(_roll_back, writer, start)
         raise
     received = writer.size - start
     if expected is not None and received != expected:
-        writer.truncate(start)
-        writer.close()
+        await in_thread(_roll_back, writer, start)
         raise OCIError("SIZE_INVALID", f"Content-Range announced {expected} bytes, received {received}")
+
+
+def _roll_back(writer: BlobWriter, size: int) -> None:
+    writer.truncate(size)
+    writer.close()
 
 
 def check_content_range(request: Request, name: str, upload_id: str, writer: BlobWriter) -> int | None:
@@ -124,12 +134,12 @@ async def start_blob_upload(name: str, request: Request, db: Session = Depends(g
         try:
             await receive_body(request, writer)
         except (ClientDisconnect, OCIError):
-            context.store.cancel_upload(upload_id)
+            await in_thread(context.store.cancel_upload, upload_id)
             raise
         size = await in_thread(_commit, writer, digest)
         await in_thread(_finish, db, repository, digest, size, None)
         return blob_created(name, digest)
-    context.store.writer(upload_id, append=False).close()
+    await in_thread(lambda: context.store.writer(upload_id, append=False).close())
     db.add(UploadSession(id=upload_id, repository_id=repository.id))
     await in_thread(db.commit)
     return Response(status_code=202, headers=progress_headers(name, upload_id, 0))
@@ -175,7 +185,7 @@ async def patch_blob_data(name: str, upload_id: str, request: Request, db: Sessi
                           context: RegistryContext = Depends(get_context)) -> Response:
     _repository, writer = await in_thread(_open_session, db, context, request, principal, name, upload_id)
     await receive_body(request, writer, check_content_range(request, name, upload_id, writer))
-    writer.close()
+    await in_thread(writer.close)
     return Response(status_code=202, headers=progress_headers(name, upload_id, writer.size))
 
 
