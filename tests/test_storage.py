@@ -20,6 +20,7 @@ from modelhall.adapters.storage import (
     open_blob_store,
 )
 from modelhall.adapters.storage.s3 import S3_MIN_PART, S3Options
+from modelhall.settings import Settings
 from s3_server import SeaweedFS
 
 def filesystem_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], BlobStore]:
@@ -190,3 +191,27 @@ def test_s3_racing_request_that_overwrites_a_part_is_refused(s3_bucket: Callable
     assert store.stat(sha256(b"s" * part + b"a" * part)) is None
     assert store.stat(sha256(b"s" * part + b"b" * part)) is None
 
+
+
+def test_s3_store_is_configured_by_url_or_settings(s3_server: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.new_bucket()
+    settings = Settings(storage=f"s3://{bucket}/blobs", s3_endpoint=s3_server.endpoint, s3_addressing="path",
+                        storage_redirect=False)
+    store = open_blob_store(settings.storage_url, settings.s3_defaults)
+    assert isinstance(store, S3BlobStore) and (store.bucket, store.prefix) == (bucket, "blobs")
+    assert store.redirect_url(sha256(b"x")) is None
+    store.put(sha256(b"x"), b"x")
+    from_url = open_blob_store(f"{s3_server.storage_url(bucket, 'blobs')}&redirect=true", settings.s3_defaults)
+    assert b"".join(from_url.read(sha256(b"x"))) == b"x"
+    assert from_url.redirect_url(sha256(b"x")).startswith(f"{s3_server.endpoint}/{bucket}/blobs/blobs/sha256/")
+    with pytest.raises(ValueError, match="part_size: Input should be greater than or equal to 5242880"):
+        open_blob_store(s3_server.storage_url(bucket, part_size="1024"))
+    with pytest.raises(ValueError, match="colour: Extra inputs are not permitted"):
+        open_blob_store(s3_server.storage_url(bucket, colour="blue"))
+    with pytest.raises(BlobStoreError, match="the S3 bucket 'no-such-bucket' cannot be used"):
+        open_blob_store(s3_server.storage_url("no-such-bucket"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(BlobStoreError, match=f"the S3 bucket '{bucket}' cannot be used"):
+        open_blob_store(s3_server.storage_url(bucket))

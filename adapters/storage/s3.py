@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlparse
@@ -50,6 +51,7 @@ S3_MIN_PART = 5 * MiB
 S3_MAX_PARTS = 10_000
 S3_MAX_COPY = 5 * 1024 * MiB  # a larger object is copied part by part
 READ_SIZE = 4 * MiB
+PARTS_IN_FLIGHT = 2  # per upload, beside the one being gathered
 MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -63,7 +65,7 @@ class S3Options(BaseModel):
     addressing: Literal["auto", "path", "virtual"] = "auto"
     redirect: bool = True  # blob GETs answer with a presigned URL
     presign_ttl: int = Field(default=120, ge=1, le=3600)  # seconds a presigned URL stays valid
-    part_size: int = Field(default=16 * MiB, ge=S3_MIN_PART, le=S3_MAX_COPY)
+    part_size: int = Field(default=8 * MiB, ge=S3_MIN_PART, le=S3_MAX_COPY)  # bytes; memory per upload: 3 parts
 
 
 class Part(BaseModel):
@@ -125,6 +127,7 @@ class S3BlobWriter:
         self._tail = store._read_tail(self._opened)
         self._opened_hashers = hashers
         self._hashers: Hashers | None = self._copy(hashers)
+        self._sending: list[tuple[int, int, Future[dict[str, Any]]]] = []  # parts on their way: number, size
 
     @staticmethod
     def _copy(hashers: Hashers | None) -> Hashers | None:
@@ -132,7 +135,7 @@ class S3BlobWriter:
 
     @property
     def size(self) -> int:
-        return self._state.parts_size + len(self._tail)
+        return self._state.parts_size + sum(size for _, size, _ in self._sending) + len(self._tail)
 
     def write(self, data: bytes) -> None:
         self._tail += data
@@ -142,21 +145,33 @@ class S3BlobWriter:
             self._send_part()
 
     def _send_part(self) -> None:
+        """Send the gathered bytes as the next part, in the background while the request's next bytes arrive."""
         client, bucket = self._store.client, self._store.bucket
         if self._state.multipart_id is None:
             self._state.data_key = self._store._upload_key(self._id, f"data-{uuid.uuid4().hex}")
             created = client.create_multipart_upload(Bucket=bucket, Key=self._state.data_key)
             self._state.multipart_id = created["UploadId"]
-        number = self._state.parts[-1].number + 1 if self._state.parts else 1
+        number = (self._state.parts[-1].number if self._state.parts else 0) + len(self._sending) + 1
         if number > S3_MAX_PARTS:
             raise BlobStoreError(f"the upload is larger than {S3_MAX_PARTS} parts of {self._store.options.part_size} bytes")
-        body = bytes(self._tail)
-        sent = client.upload_part(Bucket=bucket, Key=self._state.data_key, UploadId=self._state.multipart_id,
-                                  PartNumber=number, Body=body)
-        self._state.parts.append(Part(number=number, etag=sent["ETag"], size=len(body)))
-        self._tail = bytearray()
+        body, self._tail = bytes(self._tail), bytearray()
+        while len(self._sending) >= PARTS_IN_FLIGHT:
+            self._settle_oldest()
+        sent = self._store._senders.submit(client.upload_part, Bucket=bucket, Key=self._state.data_key,
+                                           UploadId=self._state.multipart_id, PartNumber=number, Body=body)
+        self._sending.append((number, len(body), sent))
+
+    def _settle_oldest(self) -> None:
+        number, size, sent = self._sending.pop(0)
+        self._state.parts.append(Part(number=number, etag=sent.result()["ETag"], size=size))
+
+    def _settle(self) -> None:
+        """Wait until every part this writer sent is in S3 (and in its state)."""
+        while self._sending:
+            self._settle_oldest()
 
     def truncate(self, size: int) -> None:
+        self._settle()
         sent_since_opened = self._state.parts != self._opened.parts
         if size == self._opened.size and sent_since_opened:
             self._revert()
@@ -178,6 +193,7 @@ class S3BlobWriter:
 
     def close(self) -> None:
         """Store the tail and then the state, so the session moves on in one step."""
+        self._settle()
         unchanged = self._append and self._state.parts == self._opened.parts and len(self._tail) == self._opened.tail_size
         if not unchanged:
             state = self._state.model_copy(update={"version": uuid.uuid4().hex, "tail_key": None, "tail_size": 0})
@@ -196,7 +212,7 @@ class S3BlobWriter:
     def commit(self, digest: str) -> int:
         algorithm, _ = parse_digest(digest)
         size = self.size
-        if not self._state.parts:
+        if not self._state.parts and not self._sending:
             content = bytes(self._tail)
             hasher = (self._hashers or {}).get(algorithm) or hashlib.new(algorithm, content)
             self._verify(digest, f"{algorithm}:{hasher.hexdigest()}")
@@ -211,6 +227,7 @@ class S3BlobWriter:
         assert data_key is not None and self._state.multipart_id is not None
         if self._tail:
             self._send_part()
+        self._settle()
         hasher = (self._hashers or {}).get(algorithm)
         if hasher is not None and self._append and store._load_state(self._id).version != self._opened.version:
             hasher = None  # another request moved the session on since this one opened it
@@ -231,6 +248,7 @@ class S3BlobWriter:
             raise DigestMismatchError(digest, actual)
 
     def cancel(self) -> None:
+        wait([sent for _, _, sent in self._sending])
         if self._state.multipart_id and self._state.multipart_id != self._opened.multipart_id:
             self._store._abort(self._state.data_key, self._state.multipart_id)
         self._store.cancel_upload(self._id)
@@ -245,6 +263,7 @@ class S3BlobStore:
             config=Config(s3={"addressing_style": self.options.addressing}, signature_version="s3v4",
                           max_pool_connections=32, retries={"mode": "standard"}))
         self._hashers = HasherCache()
+        self._senders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="s3-parts")
         try:
             self.client.head_bucket(Bucket=bucket)
         except (ClientError, BotoCoreError) as error:
