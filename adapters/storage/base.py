@@ -59,8 +59,13 @@ class BlobWriter(Protocol):
 
 
 class BlobStore(Protocol):
-    def writer(self, upload_id: str, *, append: bool) -> BlobWriter:
-        """Open an upload session, new (``append=False``) or existing."""
+    def writer(self, upload_id: str, *, append: bool, digest: str | None = None) -> BlobWriter:
+        """Open an upload session, new (``append=False``) or existing.
+
+        ``digest`` is what the caller says the finished blob will hash to, when it says so
+        before sending the bytes (a push in one request). Only a hint: a store may stage the
+        bytes under that name, and still publishes nothing that ``commit`` did not verify.
+        """
 
     def upload_size(self, upload_id: str) -> int:
         """Bytes received by a session so far; ``UploadNotFoundError`` if there is none."""

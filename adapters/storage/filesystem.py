@@ -111,7 +111,7 @@ class FileBlobStore:
     def _upload_path(self, upload_id: str) -> Path:
         return self.root / "uploads" / str(uuid.UUID(upload_id))
 
-    def writer(self, upload_id: str, *, append: bool) -> FileBlobWriter:
+    def writer(self, upload_id: str, *, append: bool, digest: str | None = None) -> FileBlobWriter:
         return FileBlobWriter(self, upload_id, append)
 
     def upload_size(self, upload_id: str) -> int:

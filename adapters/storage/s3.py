@@ -113,8 +113,9 @@ def _is_missing(error: ClientError) -> bool:
 
 
 class S3BlobWriter:
-    def __init__(self, store: S3BlobStore, upload_id: str, append: bool):
+    def __init__(self, store: S3BlobStore, upload_id: str, append: bool, claimed: str | None = None):
         self._store = store
+        self._claimed = claimed
         self._id = str(uuid.UUID(upload_id))
         self._append = append
         if append:
@@ -148,7 +149,7 @@ class S3BlobWriter:
         """Send the gathered bytes as the next part, in the background while the request's next bytes arrive."""
         client, bucket = self._store.client, self._store.bucket
         if self._state.multipart_id is None:
-            self._state.data_key = self._store._upload_key(self._id, f"data-{uuid.uuid4().hex}")
+            self._state.data_key = self._staging_key()
             created = client.create_multipart_upload(Bucket=bucket, Key=self._state.data_key)
             self._state.multipart_id = created["UploadId"]
         number = (self._state.parts[-1].number if self._state.parts else 0) + len(self._sending) + 1
@@ -160,6 +161,17 @@ class S3BlobWriter:
         sent = self._store._senders.submit(client.upload_part, Bucket=bucket, Key=self._state.data_key,
                                            UploadId=self._state.multipart_id, PartNumber=number, Body=body)
         self._sending.append((number, len(body), sent))
+
+    def _staging_key(self) -> str:
+        """Where the multipart upload assembles the bytes.
+
+        Straight under the claimed digest when this writer hashes every byte of the session
+        itself: S3 shows a multipart upload's object only once it is completed, and it is
+        completed only after the hash matched (else aborted), so no copy is needed.
+        """
+        if self._claimed and self._hashers is not None and parse_digest(self._claimed)[0] in self._hashers:
+            return self._store._blob_key(self._claimed)
+        return self._store._upload_key(self._id, f"data-{uuid.uuid4().hex}")
 
     def _settle_oldest(self) -> None:
         number, size, sent = self._sending.pop(0)
@@ -231,6 +243,13 @@ class S3BlobWriter:
         hasher = (self._hashers or {}).get(algorithm)
         if hasher is not None and self._append and store._load_state(self._id).version != self._opened.version:
             hasher = None  # another request moved the session on since this one opened it
+        staged_as_blob = data_key.startswith(store._key("blobs", ""))
+        if staged_as_blob and (hasher is None or data_key != store._blob_key(digest)):
+            self.cancel()
+            raise BlobStoreError("the upload cannot be verified before it is published: "
+                                 "the session changed while this request wrote to it; start it again")
+        if hasher is not None:
+            self._verify(digest, f"{algorithm}:{hasher.hexdigest()}")  # before S3 assembles anything
         if store._sent_parts(data_key, self._state.multipart_id) != {p.number: p.etag for p in self._state.parts}:
             self.cancel()
             raise BlobStoreError("the upload's parts changed while it was committed: "
@@ -238,9 +257,10 @@ class S3BlobWriter:
         assembled = store.client.complete_multipart_upload(
             Bucket=store.bucket, Key=data_key, UploadId=self._state.multipart_id,
             MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in self._state.parts]})
-        actual = hasher.hexdigest() if hasher is not None else store._hash_object(data_key, algorithm)
-        self._verify(digest, f"{algorithm}:{actual}")
-        store._copy(data_key, store._blob_key(digest), self.size, assembled["ETag"])
+        if hasher is None:
+            self._verify(digest, f"{algorithm}:{store._hash_object(data_key, algorithm)}")
+        if not staged_as_blob:
+            store._copy(data_key, store._blob_key(digest), self.size, assembled["ETag"])
 
     def _verify(self, digest: str, actual: str) -> None:
         if actual != digest:
@@ -347,8 +367,8 @@ class S3BlobStore:
             for item in page.get("Contents", []):
                 self._delete(item["Key"])
 
-    def writer(self, upload_id: str, *, append: bool) -> S3BlobWriter:
-        return S3BlobWriter(self, upload_id, append)
+    def writer(self, upload_id: str, *, append: bool, digest: str | None = None) -> S3BlobWriter:
+        return S3BlobWriter(self, upload_id, append, digest)
 
     def upload_size(self, upload_id: str) -> int:
         return self._load_state(upload_id).size

@@ -130,7 +130,7 @@ async def start_blob_upload(name: str, request: Request, db: Session = Depends(g
     upload_id = str(uuid.uuid4())
     if digest:
         checked_digest(digest)
-        writer = context.store.writer(upload_id, append=False)
+        writer = context.store.writer(upload_id, append=False, digest=digest)
         try:
             await receive_body(request, writer)
         except (ClientDisconnect, OCIError):
@@ -170,11 +170,11 @@ def _session(db: Session, repository: Repository, upload_id: str) -> UploadSessi
 
 
 def _open_session(db: Session, context: RegistryContext, request: Request, principal: Principal,
-                  name: str, upload_id: str) -> tuple[Repository, BlobWriter]:
+                  name: str, upload_id: str, digest: str | None = None) -> tuple[Repository, BlobWriter]:
     repository = require(request, db, principal, name, Action.PUSH)
     _session(db, repository, upload_id)
     try:
-        return repository, context.store.writer(upload_id, append=True)
+        return repository, context.store.writer(upload_id, append=True, digest=digest)
     except UploadNotFoundError:
         raise OCIError("BLOB_UPLOAD_UNKNOWN", upload_id) from None
 
@@ -197,7 +197,7 @@ async def put_blob_upload(name: str, upload_id: str, request: Request, db: Sessi
     if not digest:
         raise OCIError("DIGEST_INVALID", "the digest query parameter is required to complete an upload")
     checked_digest(digest)
-    repository, writer = await in_thread(_open_session, db, context, request, principal, name, upload_id)
+    repository, writer = await in_thread(_open_session, db, context, request, principal, name, upload_id, digest)
     await receive_body(request, writer, check_content_range(request, name, upload_id, writer))
     try:
         size = await in_thread(_commit, writer, digest)
