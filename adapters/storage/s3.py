@@ -155,7 +155,7 @@ class S3BlobWriter:
         number = (self._state.parts[-1].number if self._state.parts else 0) + len(self._sending) + 1
         if number > S3_MAX_PARTS:
             raise BlobStoreError(f"the upload is larger than {S3_MAX_PARTS} parts of {self._store.options.part_size} bytes")
-        body, self._tail = bytes(self._tail), bytearray()
+        body, self._tail = self._tail, bytearray()  # handed over, not copied
         while len(self._sending) >= PARTS_IN_FLIGHT:
             self._settle_oldest()
         sent = self._store._senders.submit(client.upload_part, Bucket=bucket, Key=self._state.data_key,
@@ -283,7 +283,7 @@ class S3BlobStore:
             config=Config(s3={"addressing_style": self.options.addressing}, signature_version="s3v4",
                           max_pool_connections=32, retries={"mode": "standard"}))
         self._hashers = HasherCache()
-        self._senders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="s3-parts")
+        self._senders = ThreadPoolExecutor(max_workers=8, thread_name_prefix="s3-parts")
         try:
             self.client.head_bucket(Bucket=bucket)
         except (ClientError, BotoCoreError) as error:
