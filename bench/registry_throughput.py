@@ -1,7 +1,9 @@
 """Push and pull a 1 GB bundle with the oras client: Modelhall against the CNCF distribution registry.
 
-Both registries run on loopback in this process's lifetime; ``sha256sum`` and ``cp`` of
-the same file show the machine's limit. Each figure is the median of RUNS runs.
+Twice: with blobs on the local disk, and with blobs in S3 (a SeaweedFS on loopback, one
+bucket each; pulls follow both registries' redirects to presigned URLs). Everything runs
+on loopback in this process's lifetime; ``sha256sum`` and ``cp`` of the same file show
+the machine's limit. Each figure is the median of RUNS runs.
 Run with ``make bench-registry`` (needs Debian's docker-registry).
 """
 
@@ -27,6 +29,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import RegistryServer, free_port  # noqa: E402
+from s3_server import ACCESS_KEY, REGION, SECRET_KEY, SeaweedFS, seaweedfs  # noqa: E402
 
 SIZE = int(os.environ.get("BENCH_SIZE_MB", "1024")) * 1024 * 1024
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -56,19 +59,31 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
+def filesystem_storage(directory: Path) -> str:
+    return f"filesystem: {{rootdirectory: {directory}}}"
+
+
+def s3_storage(server: SeaweedFS) -> str:
+    """distribution's ``s3`` driver on the bench's SeaweedFS (a path-style endpoint, plain HTTP)."""
+    return (f"s3: {{accesskey: {ACCESS_KEY}, secretkey: {SECRET_KEY}, region: {REGION}, "
+            f"regionendpoint: '{server.endpoint}', bucket: {server.new_bucket()}, secure: false, v4auth: true}}")
+
+
 @contextmanager
-def distribution(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def distribution(workdir: Path, storage: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    config = workdir / "distribution.yml"
+    config = workdir / f"distribution-{port}.yml"
     config.write_text(f"""version: 0.1
 log: {{level: error}}
 storage:
-  filesystem: {{rootdirectory: {workdir / 'distribution-data'}}}
+  {storage}
   delete: {{enabled: true}}
 http: {{addr: 127.0.0.1:{port}}}
 """)
+    # Its AWS SDK panics on AWS_CA_BUNDLE with its own HTTP transport; the bench's S3 is plain HTTP anyway.
+    env = {name: value for name, value in os.environ.items() if name != "AWS_CA_BUNDLE"}
     process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, env=env)
     host = f"127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -84,9 +99,10 @@ http: {{addr: 127.0.0.1:{port}}}
 
 
 @contextmanager
-def modelhall(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], tuple[str, str]]]:
-    server = RegistryServer(data_dir=workdir / "modelhall-data", database=None)
-    server.start()
+def modelhall(workdir: Path, env: dict[str, str] | None = None
+              ) -> Iterator[tuple[str, subprocess.Popen[bytes], tuple[str, str]]]:
+    server = RegistryServer(data_dir=workdir / f"modelhall-data-{free_port()}", database=None, extra_env=env or {})
+    server.start(ready_within=180)  # the bench machine may be busy
     try:
         assert server.process is not None
         yield server.host, server.process, server.user("write", name="bench")
@@ -117,6 +133,7 @@ class Target:
     credentials: tuple[str, str] | None
     pushes: list[float] = field(default_factory=list)
     pulls: list[float] = field(default_factory=list)
+    peak_rss: float = 0.0
 
     def run(self, index: int, scratch: Path) -> None:
         reference = f"{self.host}/bench/run{index}:v1"
@@ -139,6 +156,20 @@ def limits(bundle: Path, scratch: Path) -> dict[str, float]:
     return {"sha256sum": SIZE / statistics.median(hashing) / 1e6, "cp": SIZE / statistics.median(copying) / 1e6}
 
 
+def compare(workdir: Path, storage: str, modelhall_env: dict[str, str] | None,
+            distribution_storage: str) -> tuple[Target, Target]:
+    """Modelhall and distribution on one kind of storage, taking turns run by run."""
+    with modelhall(workdir, modelhall_env) as (host, process, credentials), \
+            distribution(workdir, distribution_storage) as (their_host, theirs):
+        ours = Target(f"modelhall-{storage}", host, process, credentials)
+        baseline = Target(f"distribution-{storage}", their_host, theirs, None)
+        for index in range(RUNS):
+            for target in (ours, baseline):
+                target.run(index, workdir)
+        ours.peak_rss, baseline.peak_rss = peak_rss_mb(process.pid), peak_rss_mb(theirs.pid)
+    return ours, baseline
+
+
 def main() -> None:
     console = Console(width=120)
     bundle = make_bundle(ROOT / ".bench" / "bundle")
@@ -147,21 +178,21 @@ def main() -> None:
         workdir = Path(temp)
         console.print(f"{SIZE / 2**20:.0f} MiB of random weights, median of {RUNS} runs, oras-py client; "
                       "the registries take turns run by run")
-        with modelhall(workdir) as (host, process, credentials), distribution(workdir) as (their_host, theirs):
-            ours = Target("modelhall", host, process, credentials)
-            baseline = Target("distribution", their_host, theirs, None)
-            for index in range(RUNS):
-                for target in (ours, baseline):
-                    target.run(index, workdir)
-            peaks = {target.name: peak_rss_mb(target.process.pid) for target in (ours, baseline)}
+        pairs = {"filesystem": compare(workdir, "filesystem", None, filesystem_storage(workdir / "distribution-data"))}
+        with seaweedfs(workdir / "seaweedfs") as server:
+            modelhall_env = {"MODELHALL_STORAGE": server.storage_url(server.new_bucket()), **server.env}
+            pairs["S3"] = compare(workdir, "s3", modelhall_env, s3_storage(server))
         limit = limits(bundle, workdir)
     table = Table("operation", "Modelhall MB/s", "distribution MB/s", "Modelhall / distribution")
-    for operation, ours_s, theirs_s in (("push", ours.pushes, baseline.pushes), ("pull", ours.pulls, baseline.pulls)):
-        table.add_row(operation, f"{ours.rate(ours_s):.0f}", f"{baseline.rate(theirs_s):.0f}",
-                      f"{ours.rate(ours_s) / baseline.rate(theirs_s):.2f}")
+    for storage, (ours, baseline) in pairs.items():
+        for operation, ours_s, theirs_s in (("push", ours.pushes, baseline.pushes),
+                                            ("pull", ours.pulls, baseline.pulls)):
+            table.add_row(f"{operation} ({storage})", f"{ours.rate(ours_s):.0f}", f"{baseline.rate(theirs_s):.0f}",
+                          f"{ours.rate(ours_s) / baseline.rate(theirs_s):.2f}")
     table.add_row("sha256sum (limit)", f"{limit['sha256sum']:.0f}", "", "")
     table.add_row("cp (limit)", f"{limit['cp']:.0f}", "", "")
-    table.add_row("peak registry RSS, MB", f"{peaks['modelhall']:.0f}", f"{peaks['distribution']:.0f}", "")
+    for storage, (ours, baseline) in pairs.items():
+        table.add_row(f"peak registry RSS, MB ({storage})", f"{ours.peak_rss:.0f}", f"{baseline.peak_rss:.0f}", "")
     console.print(table)
 
 

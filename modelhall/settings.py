@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".modelhall")
     database: str | None = None
     storage: str | None = None
+    # For s3:// storage (an s3:// URL's ?endpoint=&region=&addressing=&redirect= win); credentials the AWS ways.
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_addressing: str = Field(default="auto", pattern="^(auto|path|virtual)$")
+    storage_redirect: bool = True  # blob GETs answer with a short-lived presigned URL where the store has them
     url: str = DEFAULT_URL
     secret_key: str | None = None
     token_ttl_seconds: int = 300
@@ -105,6 +110,11 @@ class Settings(BaseSettings):
     @property
     def storage_url(self) -> str:
         return self.storage or f"file://{self.data_dir.resolve() / 'storage'}"
+
+    @property
+    def s3_defaults(self) -> dict[str, object]:
+        return {"endpoint": self.s3_endpoint, "region": self.s3_region, "addressing": self.s3_addressing,
+                "redirect": self.storage_redirect}
 
     @cached_property
     def signing_key(self) -> str:

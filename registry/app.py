@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(settings.database_url)
     migrate(engine)
     context = RegistryContext(settings=settings, engine=engine, sessions=make_session_factory(engine),
-                              store=open_blob_store(settings.storage_url))
+                              store=open_blob_store(settings.storage_url, settings.s3_defaults))
     with context.sessions() as db:
         refresh_stale_catalogs(db)
     deployments = Deployments(context, open_runtime(settings), wake_timeout=settings.wake_timeout)

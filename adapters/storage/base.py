@@ -57,7 +57,11 @@ class BlobWriter(Protocol):
     def write(self, data: bytes) -> None: ...
 
     def truncate(self, size: int) -> None:
-        """Forget bytes past ``size``: the rest of a chunk that arrived cut short."""
+        """Forget bytes past ``size``: the rest of a chunk that arrived cut short.
+
+        ``size`` is the writer's size when it was opened, or a point in what it wrote
+        since (a store may refuse a point before bytes it already sent on).
+        """
 
     def close(self) -> None:
         """Persist what was written; the session stays open for more."""
@@ -69,8 +73,13 @@ class BlobWriter(Protocol):
 
 
 class BlobStore(Protocol):
-    def writer(self, upload_id: str, *, append: bool) -> BlobWriter:
-        """Open an upload session, new (``append=False``) or existing."""
+    def writer(self, upload_id: str, *, append: bool, digest: str | None = None) -> BlobWriter:
+        """Open an upload session, new (``append=False``) or existing.
+
+        ``digest`` is what the caller says the finished blob will hash to, when it says so
+        before sending the bytes (a push in one request). Only a hint: a store may stage the
+        bytes under that name, and still publishes nothing that ``commit`` did not verify.
+        """
 
     def upload_size(self, upload_id: str) -> int:
         """Bytes received by a session so far; ``UploadNotFoundError`` if there is none."""
@@ -93,3 +102,10 @@ class BlobStore(Protocol):
 
     def uploads(self) -> Iterator[StoredItem]:
         """Every upload session's bytes, named by upload id, finished or abandoned alike."""
+
+    def redirect_url(self, digest: str) -> str | None:
+        """A short-lived URL a client may ``GET`` the published blob from itself, or None.
+
+        None means the registry streams the blob. Called only after the caller was
+        allowed to pull it: the URL is a capability for exactly that blob.
+        """

@@ -18,45 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from modelhall.adapters.storage.base import BlobNotFoundError, DigestMismatchError, StoredItem, UploadNotFoundError
+from modelhall.adapters.storage.hashing import HasherCache, Hashers
 from modelhall.bundle.digests import InvalidDigestError, parse_digest
 
 READ_SIZE = 4 * 1024 * 1024
-MAX_CACHED_HASHERS = 256
-
-
-class _HasherCache:
-    """Running hashes of sessions this process wrote, so a chunked upload is hashed once.
-
-    Only an optimisation: when a session was continued by another process (a restart,
-    another replica), the cache misses and the session file is hashed from the start.
-    """
-
-    def __init__(self) -> None:
-        self._entries: OrderedDict[str, tuple[int, dict[str, "hashlib._Hash"]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def take(self, upload_id: str, size: int) -> dict[str, "hashlib._Hash"] | None:
-        with self._lock:
-            entry = self._entries.pop(upload_id, None)
-        return entry[1] if entry and entry[0] == size else None
-
-    def keep(self, upload_id: str, size: int, hashers: dict[str, "hashlib._Hash"]) -> None:
-        with self._lock:
-            self._entries[upload_id] = (size, {name: h.copy() for name, h in hashers.items()})
-            while len(self._entries) > MAX_CACHED_HASHERS:
-                self._entries.popitem(last=False)
-
-    def drop(self, upload_id: str) -> None:
-        with self._lock:
-            self._entries.pop(upload_id, None)
 
 
 class FileBlobWriter:
@@ -70,7 +41,7 @@ class FileBlobWriter:
         self._size = self._file.tell()
         self._hashers = store._hashers.take(upload_id, self._size) or self._hash_existing()
 
-    def _hash_existing(self) -> dict[str, "hashlib._Hash"]:
+    def _hash_existing(self) -> Hashers:
         hashers = {"sha256": hashlib.sha256()}
         if self._size:
             with self._path.open("rb") as existing:
@@ -133,7 +104,7 @@ class FileBlobStore:
         self.root = root
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         (root / "uploads").mkdir(parents=True, exist_ok=True)
-        self._hashers = _HasherCache()
+        self._hashers = HasherCache()
 
     def _blob_path(self, digest: str) -> Path:
         algorithm, hex_ = parse_digest(digest)
@@ -142,7 +113,7 @@ class FileBlobStore:
     def _upload_path(self, upload_id: str) -> Path:
         return self.root / "uploads" / str(uuid.UUID(upload_id))
 
-    def writer(self, upload_id: str, *, append: bool) -> FileBlobWriter:
+    def writer(self, upload_id: str, *, append: bool, digest: str | None = None) -> FileBlobWriter:
         return FileBlobWriter(self, upload_id, append)
 
     def upload_size(self, upload_id: str) -> int:
@@ -189,6 +160,9 @@ class FileBlobStore:
 
     def delete(self, digest: str) -> None:
         self._blob_path(digest).unlink(missing_ok=True)
+
+    def redirect_url(self, digest: str) -> None:
+        return None  # the files are reachable through the registry only
 
     def blobs(self) -> Iterator[StoredItem]:
         for path in (self.root / "blobs").glob("*/*/*"):

@@ -1,4 +1,8 @@
-"""Blobs: ``HEAD``/``GET`` (with ``Range``) and ``DELETE /v2/<name>/blobs/<digest>``."""
+"""Blobs: ``HEAD``/``GET`` (with ``Range``) and ``DELETE /v2/<name>/blobs/<digest>``.
+
+A ``GET`` of a blob in a store that can hand out presigned URLs (S3, unless configured
+``redirect=false``) is answered with a redirect to one, after the same checks as a stream.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +61,10 @@ def get_blob(name: str, digest: str, request: Request, db: Session = Depends(get
     size = context.store.stat(digest) if link else None
     if size is None:
         raise OCIError("BLOB_UNKNOWN", digest)
+    if request.method == "GET" and (url := context.store.redirect_url(digest)):
+        # Asked only now: the policy above has let this caller pull this blob from this repository.
+        return Response(status_code=307, headers={"Location": url, "Docker-Content-Digest": digest,
+                                                  "Cache-Control": "no-store"})
     headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
     selected = byte_range(request.headers.get("range"), size)
     status, (start, end) = (206, selected) if selected else (200, (0, size - 1))

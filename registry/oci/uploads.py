@@ -31,10 +31,12 @@ from modelhall.registry.oci.errors import OCIError
 router = APIRouter()
 CONTENT_RANGE_PATTERN = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/\d+|/\*)?$")
 T = TypeVar("T")
+# Bodies reach the store in batches of this size, written off the event loop (a store may send them on to S3).
+WRITE_BATCH = 1024 * 1024
 
 
 async def in_thread(function: Callable[..., T], *args: object) -> T:
-    """Database and fsync work runs off the event loop, which keeps streaming bodies."""
+    """Database and blob-store work runs off the event loop, which keeps streaming bodies."""
     return await run_in_threadpool(function, *args)
 
 
@@ -61,18 +63,26 @@ async def receive_body(request: Request, writer: BlobWriter, expected: int | Non
     ``expected`` is the chunk length its ``Content-Range`` announced.
     """
     start = writer.size
+    batch = bytearray()
     try:
         async for chunk in request.stream():
-            writer.write(chunk)
+            batch += chunk
+            if len(batch) >= WRITE_BATCH:
+                await in_thread(writer.write, bytes(batch))
+                batch.clear()
+        await in_thread(writer.write, bytes(batch))
     except ClientDisconnect:
-        writer.truncate(start)
-        writer.close()
+        await in_thread(_roll_back, writer, start)
         raise
     received = writer.size - start
     if expected is not None and received != expected:
-        writer.truncate(start)
-        writer.close()
+        await in_thread(_roll_back, writer, start)
         raise OCIError("SIZE_INVALID", f"Content-Range announced {expected} bytes, received {received}")
+
+
+def _roll_back(writer: BlobWriter, size: int) -> None:
+    writer.truncate(size)
+    writer.close()
 
 
 def check_content_range(request: Request, name: str, upload_id: str, writer: BlobWriter) -> int | None:
@@ -121,16 +131,16 @@ async def start_blob_upload(name: str, request: Request, db: Session = Depends(g
     upload_id = str(uuid.uuid4())
     if digest:
         checked_digest(digest)
-        writer = context.store.writer(upload_id, append=False)
+        writer = context.store.writer(upload_id, append=False, digest=digest)
         try:
             await receive_body(request, writer)
         except (ClientDisconnect, OCIError):
-            context.store.cancel_upload(upload_id)
+            await in_thread(context.store.cancel_upload, upload_id)
             raise
         size = await in_thread(_commit, writer, digest)
         await in_thread(_finish, db, repository, digest, size, None)
         return blob_created(name, digest)
-    context.store.writer(upload_id, append=False).close()
+    await in_thread(lambda: context.store.writer(upload_id, append=False).close())
     db.add(UploadSession(id=upload_id, repository_id=repository.id))
     await in_thread(db.commit)
     return Response(status_code=202, headers=progress_headers(name, upload_id, 0))
@@ -169,11 +179,11 @@ def _session(db: Session, repository: Repository, upload_id: str) -> UploadSessi
 
 
 def _open_session(db: Session, context: RegistryContext, request: Request, principal: Principal,
-                  name: str, upload_id: str) -> tuple[Repository, BlobWriter]:
+                  name: str, upload_id: str, digest: str | None = None) -> tuple[Repository, BlobWriter]:
     repository = require(request, db, principal, name, Action.PUSH)
     _session(db, repository, upload_id)
     try:
-        return repository, context.store.writer(upload_id, append=True)
+        return repository, context.store.writer(upload_id, append=True, digest=digest)
     except UploadNotFoundError:
         raise OCIError("BLOB_UPLOAD_UNKNOWN", upload_id) from None
 
@@ -184,7 +194,7 @@ async def patch_blob_data(name: str, upload_id: str, request: Request, db: Sessi
                           context: RegistryContext = Depends(get_context)) -> Response:
     _repository, writer = await in_thread(_open_session, db, context, request, principal, name, upload_id)
     await receive_body(request, writer, check_content_range(request, name, upload_id, writer))
-    writer.close()
+    await in_thread(writer.close)
     return Response(status_code=202, headers=progress_headers(name, upload_id, writer.size))
 
 
@@ -196,7 +206,7 @@ async def put_blob_upload(name: str, upload_id: str, request: Request, db: Sessi
     if not digest:
         raise OCIError("DIGEST_INVALID", "the digest query parameter is required to complete an upload")
     checked_digest(digest)
-    repository, writer = await in_thread(_open_session, db, context, request, principal, name, upload_id)
+    repository, writer = await in_thread(_open_session, db, context, request, principal, name, upload_id, digest)
     await receive_body(request, writer, check_content_range(request, name, upload_id, writer))
     try:
         size = await in_thread(_commit, writer, digest)
