@@ -443,8 +443,13 @@ class S3BlobStore:
         """Each session by its state object: when it was last written is when a request last ended."""
         for item in self._listed("uploads", ""):
             upload_id, _, name = item["Key"].removeprefix(self._key("uploads", "")).partition("/")
-            if name == "state":
-                yield StoredItem(name=upload_id, size=int(item["Size"]), modified=item["LastModified"].astimezone(UTC))
+            if name != "state":
+                continue
+            try:
+                size = self._load_state(upload_id).size
+            except (UploadNotFoundError, BlobStoreError):  # finished meanwhile, or damaged: its own size then
+                size = int(item["Size"])
+            yield StoredItem(name=upload_id, size=size, modified=item["LastModified"].astimezone(UTC))
 
     def redirect_url(self, digest: str) -> str | None:
         if not self.options.redirect:
