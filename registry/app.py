@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_redaction()  # again: the server has set up its log handlers by now
         await run_in_threadpool(deployments.recover)
         await run_in_threadpool(deployments.leases.hold, deployments.alive_lease)  # before any run is claimed
+        heartbeat = asyncio.create_task(deployments.keep_alive())
         reaper = asyncio.create_task(deployments.run_reaper(settings.reaper_interval))
         app.state.worker_clients = gateway.WorkerClients()
         async_runs = asyncio.create_task(AsyncRunner(context, partial(gateway.execute_async_run, app),
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async_runs.cancel()
         await app.state.worker_clients.close()
         reaper.cancel()
+        heartbeat.cancel()
         await run_in_threadpool(deployments.stop_all)
 
     app = FastAPI(title="Modelhall registry", version="0.1.0", lifespan=lifespan,

@@ -55,6 +55,7 @@ CALL_TIMEOUT_MARGIN_SECONDS = 10.0
 REAPER_LEASE = "reaper"
 START_POLL_SECONDS = 0.1  # how often a replica looks for the worker another replica is starting
 LEASE_ROUNDS = 6  # a lease lasts this many reaper rounds past its last renewal (30 s by default)
+MIN_LEASE_SECONDS = 10.0  # and never less: a busy replica must not pass for dead
 ORPHANED_RUN = ("the registry replica that was carrying out this run stopped before it finished; "
                 "it was not retried, as the model may have run it already")
 
@@ -222,7 +223,7 @@ class Deployments:
         self.wake_timeout = wake_timeout
         self.round_seconds = context.settings.reaper_interval
         # This replica's leases: the reaper's (work done once), and one that says this replica is alive.
-        self.leases = Leases(context.sessions, ttl=max(LEASE_ROUNDS * self.round_seconds, 2.0))
+        self.leases = Leases(context.sessions, ttl=max(LEASE_ROUNDS * self.round_seconds, MIN_LEASE_SECONDS))
         self.alive_lease = "alive:" + hashlib.sha256(self.leases.holder.encode()).hexdigest()[:40]
         self.bundles = context.settings.data_dir.resolve() / "bundles"  # absolute: the sandbox binds it
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -696,10 +697,19 @@ class Deployments:
             renewal.cancel()
             await run_in_threadpool(self.leases.release, lease)
 
+    async def keep_alive(self) -> None:
+        """Say this replica is alive, every round, forever: apart from the reaper, whose round may
+        take long (a slow worker's journal), so that a busy replica is never taken for dead."""
+        while True:
+            try:
+                await run_in_threadpool(self.leases.hold, self.alive_lease)
+            except Exception:  # noqa: BLE001 - the database may be back next round
+                logger.exception("this replica's alive lease could not be renewed")
+            await asyncio.sleep(self.round_seconds)
+
     def _round_start(self) -> bool:
-        """Each round, on every replica: say this replica is alive, record its requests; whether it
-        holds the reaper's lease, and so does the work that must happen once."""
-        self.leases.hold(self.alive_lease)
+        """Each round, on every replica: record its requests; whether it holds the reaper's lease,
+        and so does the work that must happen once."""
         with self.context.sessions() as db:
             self._record_requests(db)
             db.commit()

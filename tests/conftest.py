@@ -93,11 +93,11 @@ class RegistryServer:
             env["MODELHALL_DATABASE"] = self.database
         return env
 
-    def start(self) -> None:
+    def start(self, ready_within: float = 30) -> None:
         log = (self.data_dir.parent / f"registry-{self.port}.log").open("ab")
         command = [*MODELHALL, "up", "--port", str(self.port), "--demo-port", str(self.demo_port)]
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_within
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the registry exited with {self.process.returncode}; see {log.name}")
@@ -106,7 +106,7 @@ class RegistryServer:
                 return
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError("the registry did not answer within 30 s")
+        raise RuntimeError(f"the registry did not answer within {ready_within:g} s")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
