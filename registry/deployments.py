@@ -601,11 +601,13 @@ class Deployments:
             db.commit()
 
     def _other_replicas(self) -> int:
-        """How many other replicas renewed their alive lease within its time to live."""
+        """How many other replicas renewed their alive lease in the last few rounds (a live one renews
+        it every round; one that died a moment ago, this process's predecessor say, has stopped)."""
+        recent = utcnow() + self.leases.ttl - timedelta(seconds=3 * self.round_seconds)
         with self.context.sessions() as db:
             return len(db.scalars(select(Lease.name).where(Lease.name.startswith("alive:"),
                                                            Lease.name != self.alive_lease,
-                                                           Lease.expires_at > utcnow())).all())
+                                                           Lease.expires_at > recent)).all())
 
     def fail_orphaned_runs(self) -> int:
         """Async runs left ``running`` by a replica that died (its alive lease expired) are failed, with

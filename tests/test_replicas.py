@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,12 +21,17 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conftest import RegistryServer, _postgres_database, require_tool
-from modelhall.registry.db.models import Lease, Run
-from modelhall.registry.db.session import make_session_factory
+from modelhall.adapters.runtimes.local import LocalRuntime
+from modelhall.adapters.storage.filesystem import FileBlobStore
+from modelhall.registry.context import RegistryContext
+from modelhall.registry.db.models import Deployment, Lease, Repository, Run, Worker
+from modelhall.registry.db.session import make_engine, make_session_factory, migrate
+from modelhall.registry.runs import JournalReader, JournalTaken, RunTicket, RunTickets
+from modelhall.settings import Settings
 from oci_helpers import http, image_manifest, sha256
 from test_runtime import pid_alive, pid_of, predict, push, quick_hello, runs_of, status, wait_for
 from test_oras import oras_client
@@ -298,3 +304,45 @@ def test_an_async_run_whose_replica_is_killed_is_failed_with_the_reason_never_lo
         assert [run["id"] for run in runs_of(survivor, repository, token)] == [run_id]  # not queued again
     finally:
         claimer.start(ready_within=START_SECONDS)
+
+
+def test_a_collector_that_read_a_journal_page_before_another_recorded_it_records_nothing(tmp_path: Path) -> None:
+    """Two collectors (two replicas) read one worker's page at cursor 0; the first records it and moves the
+    cursor on. The second, late, must neither record the runs again nor move the cursor back."""
+    settings = Settings(data_dir=tmp_path, secret_key="a key shared by every replica, long enough")
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    sessions = make_session_factory(engine)
+    context = RegistryContext(settings=settings, engine=engine, sessions=sessions,
+                              store=FileBlobStore(tmp_path / "blobs"))
+    digest = sha256(b"a version")
+    with sessions() as db:
+        repository = Repository(name="alice/journal", namespace="alice")
+        db.add(repository)
+        db.flush()
+        deployment = Deployment(repository_id=repository.id, digest=digest)
+        db.add(deployment)
+        db.flush()
+        worker = Worker(deployment_id=deployment.id, handle="w-1:0", endpoint=f"unix:{tmp_path}/w.sock")
+        db.add(worker)
+        db.commit()
+        repository_id, worker_row = repository.id, worker.id
+    tickets = RunTickets(settings.signing_key)
+    page = [{"seq": seq, "status": "succeeded", "inputs": {"name": "x"}, "outputs": {"greeting": "y"},
+             "duration_ms": 1.0, "finished_at": time.time(),
+             "context": tickets.issue(RunTicket(run=str(uuid.uuid4()), repository_id=repository_id, digest=digest,
+                                                source="api", caller=None, cold=False))}
+            for seq in (1, 2)]
+    first, late = (JournalReader(context, LocalRuntime(tmp_path / name, sandboxed=False)) for name in ("a", "b"))
+    deadline = time.monotonic() + 30
+    assert first._record(None, page, 0, repository_id, digest, worker_row, deadline)[:2] == (2, 2)  # type: ignore[arg-type]
+    with sessions() as db:  # the first collector went on to later entries
+        db.execute(update(Worker).where(Worker.id == worker_row).values(journal_cursor=5))
+        db.commit()
+    with pytest.raises(JournalTaken):
+        late._record(None, page, 0, repository_id, digest, worker_row, deadline)  # type: ignore[arg-type]
+    with sessions() as db:
+        assert db.get(Worker, worker_row).journal_cursor == 5  # type: ignore[union-attr]
+        assert db.scalar(select(func.count()).select_from(Run)) == 2
+        assert db.get(Repository, repository_id).run_count == 2  # type: ignore[union-attr]
+    engine.dispose()
