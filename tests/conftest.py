@@ -93,7 +93,7 @@ class RegistryServer:
             env["MODELHALL_DATABASE"] = self.database
         return env
 
-    def start(self, ready_within: float = 30) -> None:
+    def start(self, ready_within: float = 90) -> None:  # imports alone take 40 s on a loaded CI machine
         log = (self.data_dir.parent / f"registry-{self.port}.log").open("ab")
         command = [*MODELHALL, "up", "--port", str(self.port), "--demo-port", str(self.demo_port)]
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)

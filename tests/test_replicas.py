@@ -39,7 +39,6 @@ from test_sharing import share, urlpath
 from test_skopeo import make_image_layout, skopeo
 
 IDLE_TIMEOUT = 2
-START_SECONDS = 90  # two registries starting at once on a busy machine
 RUN_SECONDS = 120  # a cold start (a build) and six runs
 COUNTING_MODEL = '''
 import time
@@ -97,7 +96,7 @@ def replicas(replica_storage: str, tmp_path_factory: pytest.TempPathFactory) -> 
         engine = a.engine()
         try:
             with ThreadPoolExecutor(2) as starting:  # at once: a replica's start is mostly imports
-                list(starting.map(lambda replica: replica.start(ready_within=START_SECONDS), (a, b)))
+                list(starting.map(RegistryServer.start, (a, b)))
             yield Replicas(a, b, make_session_factory(engine))
         finally:
             engine.dispose()
@@ -303,7 +302,7 @@ def test_an_async_run_whose_replica_is_killed_is_failed_with_the_reason_never_lo
                                    "it was not retried, as the model may have run it already")
         assert [run["id"] for run in runs_of(survivor, repository, token)] == [run_id]  # not queued again
     finally:
-        claimer.start(ready_within=START_SECONDS)
+        claimer.start()
 
 
 def test_a_collector_that_read_a_journal_page_before_another_recorded_it_records_nothing(tmp_path: Path) -> None:
