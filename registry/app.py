@@ -63,9 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         install_redaction()  # again: the server has set up its log handlers by now
         await run_in_threadpool(deployments.recover)
+        await run_in_threadpool(deployments.leases.hold, deployments.alive_lease)  # before any run is claimed
+        heartbeat = asyncio.create_task(deployments.keep_alive())
         reaper = asyncio.create_task(deployments.run_reaper(settings.reaper_interval))
         app.state.worker_clients = gateway.WorkerClients()
-        async_runs = asyncio.create_task(AsyncRunner(context, partial(gateway.execute_async_run, app)).run_forever())
+        async_runs = asyncio.create_task(AsyncRunner(context, partial(gateway.execute_async_run, app),
+                                                     holder=deployments.leases.holder).run_forever())
         collector = asyncio.create_task(run_periodic_collection(context)) if settings.gc_interval > 0 else None
         yield
         if collector:
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async_runs.cancel()
         await app.state.worker_clients.close()
         reaper.cancel()
+        heartbeat.cancel()
         await run_in_threadpool(deployments.stop_all)
 
     # Swagger UI and ReDoc from the assets fastapi-offline ships, so /docs works with no internet.
@@ -82,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = context
     app.state.deployments = deployments
     app.state.oauth = oidc.make_oauth(settings)
-    app.state.demo_tickets = SpentTickets()  # shared with the demo origin's app (demo_origin.create_demo_app)
+    app.state.demo_tickets = SpentTickets(context.sessions)  # shared with the demo origin's app (demo_origin.create_demo_app)
     app.add_middleware(SameOriginForSessions, session_cookie=SESSION_COOKIE, own_origins={settings.url, *([settings.gallery_url] if settings.gallery_url else [])})
     app.add_middleware(SessionMiddleware, secret_key=settings.signing_key, session_cookie=SESSION_COOKIE,
                        max_age=settings.session_max_age, same_site="lax",

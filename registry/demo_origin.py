@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -228,13 +229,13 @@ class DemoGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             scope = {**scope, "headers": _own_cookie_only(scope["headers"])}
-        exchange = self._exchange(scope) if scope["type"] == "http" else None
+        exchange = await self._exchange(scope) if scope["type"] == "http" else None
         if exchange is not None:
             await exchange(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    def _exchange(self, scope: Scope) -> Response | None:
+    async def _exchange(self, scope: Scope) -> Response | None:
         raw_path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         tickets = [value for name, value in query if name == "ticket"]
@@ -244,7 +245,8 @@ class DemoGate:
             return None
         key_path = f"/live/{raw_parts[2]}/"
         try:
-            demo_pass = redeem_ticket(self.settings.signing_key, tickets[0], parts[2], self.spent)
+            demo_pass = await run_in_threadpool(redeem_ticket, self.settings.signing_key, tickets[0], parts[2],
+                                                self.spent)  # spending it is a database write
         except TicketRefused as refused:
             return JSONResponse({"detail": str(refused)}, status_code=403)
         clean_query = urlencode([(name, value) for name, value in query if name != "ticket"])

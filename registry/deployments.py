@@ -17,6 +17,7 @@ A request to a failed deployment tries once more (and resets the crash count).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -37,7 +38,8 @@ from modelhall.adapters.runtimes.base import Build, Runtime, UnschedulableError,
 from modelhall.bundle import UnpackLimits, unpack_layers
 from modelhall.bundle.unpack import IteratorReader
 from modelhall.registry.context import RegistryContext
-from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
+from modelhall.registry.db.models import Deployment, Lease, Manifest, Repository, Run, Worker, utcnow
+from modelhall.registry.leases import Leases
 from modelhall.registry.metadata import insert_ignoring_duplicates
 from modelhall.registry.runs import JournalReader
 from modelhall.spec.model import Runtime as RuntimeSection, Scaling
@@ -50,6 +52,12 @@ MAX_RESTARTS = 3
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 4.0)
 DEFAULT_CALL_SECONDS = RuntimeSection.model_fields["timeout"].default
 CALL_TIMEOUT_MARGIN_SECONDS = 10.0
+REAPER_LEASE = "reaper"
+START_POLL_SECONDS = 0.1  # how often a replica looks for the worker another replica is starting
+LEASE_ROUNDS = 6  # a lease lasts this many reaper rounds past its last renewal (30 s by default)
+MIN_LEASE_SECONDS = 10.0  # and never less: a busy replica must not pass for dead
+ORPHANED_RUN = ("the registry replica that was carrying out this run stopped before it finished; "
+                "it was not retried, as the model may have run it already")
 
 
 WORKER_URL = "http://worker"
@@ -71,7 +79,7 @@ def worker_client(worker: WorkerHandle, timeout: float | None = None) -> aiohttp
                                  timeout=aiohttp.ClientTimeout(total=timeout, connect=10))
 
 
-def _settled(task: asyncio.Task[WorkerHandle]) -> None:
+def _settled(task: asyncio.Task[Any]) -> None:
     """A start's failure is already in the database; mark it seen so asyncio does not warn."""
     if not task.cancelled():
         task.exception()
@@ -220,9 +228,13 @@ class Deployments:
         self.context = context
         self.runtime = runtime
         self.wake_timeout = wake_timeout
+        self.round_seconds = context.settings.reaper_interval
+        # This replica's leases: the reaper's (work done once), and one that says this replica is alive.
+        self.leases = Leases(context.sessions, ttl=max(LEASE_ROUNDS * self.round_seconds, MIN_LEASE_SECONDS))
+        self.alive_lease = "alive:" + hashlib.sha256(self.leases.holder.encode()).hexdigest()[:40]
         self.bundles = context.settings.data_dir.resolve() / "bundles"  # absolute: the sandbox binds it
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._starting: dict[int, asyncio.Task[WorkerHandle]] = {}
+        self._starting: dict[int, asyncio.Task[None]] = {}
         self._growing: set[int] = set()  # deployments starting one more worker
         # The hot path: ready workers by version, valid only while they live; the database stays the record.
         self._pools: dict[tuple[int, str], Pool] = {}
@@ -352,7 +364,7 @@ class Deployments:
                 await self._adopt_live(pool)
                 if pool.workers:
                     return Awake(pool, cold=False)
-                task = asyncio.create_task(self._start(deployment_id, version, restarts=0))
+                task = asyncio.create_task(self._start_once(deployment_id, version, restarts=0))
                 task.add_done_callback(_settled)
                 self._starting[deployment_id] = task
         if not wait:
@@ -372,8 +384,15 @@ class Deployments:
         return self._requested.get(deployment.id, deployment.last_request_at)
 
     def _record_requests(self, db: Session) -> None:
-        """Write the request times :meth:`touch` noted since the last round (none over a later one)."""
+        """Write the request times :meth:`touch` noted since the last round (none over a later one).
+
+        A deployment answering a prediction here now counts as requested now: the replica that puts
+        deployments to sleep sees only the database, not this replica's predictions in flight."""
         noted, self._requested = self._requested, {}
+        now = utcnow()
+        for pool in self._pools.values():
+            if pool.active:
+                noted[pool.deployment_id] = now
         for deployment_id, at in noted.items():
             db.execute(update(Deployment).where(Deployment.id == deployment_id, or_(
                 Deployment.last_request_at.is_(None), Deployment.last_request_at < at)).values(last_request_at=at))
@@ -494,10 +513,24 @@ class Deployments:
                     await run_in_threadpool(self._retire, pool, worker)
 
     def _retire(self, pool: Pool, worker: WorkerHandle) -> None:
-        self._collect(worker, pool.repository_id, pool.digest)
-        self.runtime.stop(worker)
-        self._record_worker(pool.deployment_id, worker, "stopped")
+        if self._claim_stop(pool.deployment_id, [worker]):
+            self._collect(worker, pool.repository_id, pool.digest)
+            self.runtime.stop(worker)
         self._update(pool.deployment_id, desired_replicas=len(pool.workers))
+
+    def _claim_stop(self, deployment_id: int, workers: list[WorkerHandle]) -> list[WorkerHandle]:
+        """Mark ``workers`` stopped in the database, each only if it was still running; returns those
+        this call marked, the only ones it may stop: of two replicas, one stops a worker, once."""
+        claimed = []
+        with self.context.sessions() as db:
+            for worker in workers:
+                if db.execute(update(Worker).where(
+                        Worker.deployment_id == deployment_id, Worker.handle == worker.id,
+                        Worker.endpoint == worker.endpoint, Worker.state.in_(("starting", "ready")),
+                ).values(state="stopped", stopped_at=utcnow())).rowcount:
+                    claimed.append(worker)
+            db.commit()
+        return claimed
 
     def sleep_idle(self, now: datetime | None = None) -> list[str]:
         """Stop the workers of deployments idle past their timeout; returns their digests.
@@ -506,17 +539,13 @@ class Deployments:
         the database (SQLite's write lock) while the registry waits for it."""
         idle = self._idle(now or datetime.now(UTC))
         for deployment_id, repository_id, digest, workers in idle:
-            for handle in workers:
+            with self.context.sessions() as db:
+                db.execute(update(Deployment).where(Deployment.id == deployment_id, Deployment.state == "running")
+                           .values(state="sleeping", desired_replicas=0))
+                db.commit()
+            for handle in self._claim_stop(deployment_id, workers):
                 self._collect(handle, repository_id, digest)
                 self.runtime.stop(handle)
-        with self.context.sessions() as db:
-            for deployment_id, _, _, workers in idle:
-                db.execute(update(Worker).where(Worker.deployment_id == deployment_id,
-                                                Worker.handle.in_([w.id for w in workers]))
-                           .values(state="stopped", stopped_at=utcnow()))
-                db.execute(update(Deployment).where(Deployment.id == deployment_id)
-                           .values(state="sleeping", desired_replicas=0))
-            db.commit()
         return [digest for _, _, digest, _ in idle]
 
     def _idle(self, now: datetime) -> list[tuple[int, int, str, list[WorkerHandle]]]:
@@ -531,7 +560,9 @@ class Deployments:
                 last = deployment.last_request_at or now
                 pool = self._pools.get((deployment.repository_id, deployment.digest))
                 busy = pool is not None and pool.active > 0
-                if busy or version.scaling.min > 0 or now - last < timedelta(seconds=version.scaling.idle_timeout):
+                # another replica's requests reach the database once a round: allow it one round more
+                quiet = timedelta(seconds=version.scaling.idle_timeout + self.round_seconds)
+                if busy or version.scaling.min > 0 or now - last < quiet:
                     continue
                 workers = [handle_of(w) for w in db.scalars(select(Worker).where(
                     Worker.deployment_id == deployment.id, Worker.state.in_(("starting", "ready"))))]
@@ -558,15 +589,44 @@ class Deployments:
             db.commit()
 
     def stop_all(self) -> None:
+        """On shutdown: stop every worker, unless another replica is alive to serve them (and put them
+        to sleep when idle); then only this replica's leases go."""
         self.collect_runs()
         with self.context.sessions() as db:
             self._record_requests(db)
+            db.commit()
+        others = self._other_replicas()
+        self.leases.release(REAPER_LEASE)
+        self.leases.release(self.alive_lease)
+        if others:
+            return
+        with self.context.sessions() as db:
             for worker in db.scalars(select(Worker).where(Worker.state.in_(("starting", "ready")))):
                 self.runtime.stop(handle_of(worker))
                 worker.state, worker.stopped_at = "stopped", utcnow()
             for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running")))):
                 deployment.state, deployment.desired_replicas = "sleeping", 0
             db.commit()
+
+    def _other_replicas(self) -> int:
+        """How many other replicas renewed their alive lease in the last few rounds (a live one renews
+        it every round; one that died a moment ago, this process's predecessor say, has stopped)."""
+        recent = utcnow() + self.leases.ttl - timedelta(seconds=3 * self.round_seconds)
+        with self.context.sessions() as db:
+            return len(db.scalars(select(Lease.name).where(Lease.name.startswith("alive:"),
+                                                           Lease.name != self.alive_lease,
+                                                           Lease.expires_at > recent)).all())
+
+    def fail_orphaned_runs(self) -> int:
+        """Async runs left ``running`` by a replica that died (its alive lease expired) are failed, with
+        the reason; a run is never lost, nor carried out a second time without anyone knowing."""
+        with self.context.sessions() as db:
+            alive = select(Lease.holder).where(Lease.name.startswith("alive:"), Lease.expires_at > utcnow())
+            failed = db.execute(update(Run).where(
+                Run.status == "running", Run.claimed_by.is_not(None), Run.claimed_by.not_in(alive),
+            ).values(status="failed", error=ORPHANED_RUN, finished_at=utcnow())).rowcount
+            db.commit()
+        return failed
 
     def _crashed(self) -> list[tuple[int, Version, int, str]]:
         """Running deployments whose every worker died: (deployment, version, restarts so far, last log lines).
@@ -608,12 +668,67 @@ class Deployments:
             task.add_done_callback(_settled)
             self._starting[deployment_id] = task
 
-    async def _restart(self, deployment_id: int, version: Version, restarts: int, delay: float) -> WorkerHandle:
+    async def _restart(self, deployment_id: int, version: Version, restarts: int, delay: float) -> None:
         await asyncio.sleep(delay)
-        return await self._start(deployment_id, version, restarts=restarts)
+        await self._start_once(deployment_id, version, restarts=restarts)
+
+    async def _start_once(self, deployment_id: int, version: Version, restarts: int) -> None:
+        """Start the deployment here, or wait for the worker another replica is starting: the replica
+        holding the deployment's start lease starts it; the others adopt its worker once it is ready
+        (or take the lease over, and start it themselves, if that replica fails or dies)."""
+        lease, pool = f"start:{deployment_id}", self._pool(version, deployment_id)
+        deadline = time.monotonic() + self.wake_timeout
+        while True:
+            if await run_in_threadpool(self.leases.hold, lease):
+                async with self._renewing(lease):
+                    await self._adopt_live(pool)
+                    if not pool.workers:  # not started by the replica that held the lease before
+                        await self._start(deployment_id, version, restarts=restarts)
+                return
+            await asyncio.sleep(START_POLL_SECONDS)
+            await self._adopt_live(pool)
+            if pool.workers:
+                return
+            if time.monotonic() > deadline:
+                raise StillStarting(f"{version.repository.name} is still starting on another replica")
+
+    @asynccontextmanager
+    async def _renewing(self, lease: str) -> AsyncIterator[None]:
+        """Hold ``lease`` while the block runs (renewed every round), and give it up after."""
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.round_seconds)
+                await run_in_threadpool(self.leases.hold, lease)
+
+        renewal = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            await run_in_threadpool(self.leases.release, lease)
+
+    async def keep_alive(self) -> None:
+        """Say this replica is alive, every round, forever: apart from the reaper, whose round may
+        take long (a slow worker's journal), so that a busy replica is never taken for dead."""
+        while True:
+            try:
+                await run_in_threadpool(self.leases.hold, self.alive_lease)
+            except Exception:  # noqa: BLE001 - the database may be back next round
+                logger.exception("this replica's alive lease could not be renewed")
+            await asyncio.sleep(self.round_seconds)
+
+    def _round_start(self) -> bool:
+        """Each round, on every replica: record its requests; whether it holds the reaper's lease,
+        and so does the work that must happen once."""
+        with self.context.sessions() as db:
+            self._record_requests(db)
+            db.commit()
+        return self.leases.hold(REAPER_LEASE)
 
     async def run_reaper(self, every: float) -> None:
-        """Collect runs, restart crashed workers, put idle deployments to sleep; forever.
+        """Collect runs, restart crashed workers, put idle deployments to sleep, fail the async runs of
+        replicas that died; forever, on the replica holding the reaper's lease. Every replica shrinks
+        its own pools (a worker is stopped by one replica only: :meth:`_claim_stop`).
 
         One failing round is logged and the next one runs: a dead reaper would leave
         every model awake.
@@ -621,10 +736,12 @@ class Deployments:
         while True:
             await asyncio.sleep(every)
             try:
-                await run_in_threadpool(self.collect_runs)
-                await self.restart_crashed()
+                if await run_in_threadpool(self._round_start):
+                    await run_in_threadpool(self.collect_runs)
+                    await self.restart_crashed()
+                    await run_in_threadpool(self.sleep_idle)
+                    await run_in_threadpool(self.fail_orphaned_runs)
                 await self.shrink_idle()
-                await run_in_threadpool(self.sleep_idle)
             except Exception:  # noqa: BLE001 - logged, and the loop must go on
                 logger.exception("the deployment reaper's round failed")
 

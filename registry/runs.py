@@ -36,6 +36,7 @@ import httpx
 from itsdangerous import BadSignature, Serializer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -120,6 +121,10 @@ class JournalEntry(BaseModel):
     finished_at: float
 
 
+class JournalTaken(Exception):
+    """Another collector (another replica) recorded these journal entries first."""
+
+
 class JournalRefused(ValueError):
     """A worker's journal answer that the registry does not take (the reason is ours, never its text)."""
 
@@ -172,6 +177,8 @@ class JournalReader:
                         break
         except (httpx.HTTPError, JournalRefused) as error:
             problems.append(_worker_problem(error))
+        except JournalTaken:
+            pass  # the other collector goes on from here
         if problems:
             self._note(worker, row_id, problems)
         return added
@@ -200,8 +207,12 @@ class JournalReader:
 
     def _record(self, client: httpx.Client, page: list[Any], cursor: int, repository_id: int, digest: str,
                 worker_row: int, deadline: float) -> tuple[int, int, list[str]]:
-        """Record one page of entries; returns (runs added, the new cursor, why entries were refused)."""
-        added, refused = 0, []
+        """Record one page of entries; returns (runs added, the new cursor, why entries were refused).
+
+        The page is recorded only if the worker's cursor still stands where it was read: of two
+        collectors reading one worker at once (two replicas), one records the page and the other's
+        transaction is rolled back, so no run is recorded or counted twice."""
+        added, refused, start = 0, [], cursor
         logs = None
         with self.context.sessions() as db:
             for raw in page:
@@ -231,12 +242,24 @@ class JournalReader:
                     duration_ms=entry.duration_ms, logs=logs, created_at=issued,
                     finished_at=_finished_at(entry.finished_at, issued),
                 ))
-                db.flush()
+                try:
+                    db.flush()
+                except IntegrityError:  # this run, recorded by another collector meanwhile
+                    db.rollback()
+                    raise JournalTaken() from None
                 db.add_all(RunFile(run_id=ticket.run, digest=d) for d in stored)
                 added += 1
+            moved = db.execute(update(Worker).where(Worker.id == worker_row, Worker.journal_cursor == start)
+                               .values(journal_cursor=cursor)).rowcount
+            if not moved:  # another collector recorded this page first
+                db.rollback()
+                raise JournalTaken()
             count_runs(db, repository_id, added)
-            db.execute(update(Worker).where(Worker.id == worker_row).values(journal_cursor=cursor))
-            db.commit()
+            try:
+                db.commit()
+            except IntegrityError:  # the same runs, recorded by another collector meanwhile
+                db.rollback()
+                raise JournalTaken() from None
         return added, cursor, refused
 
     def _ticket(self, entry: JournalEntry, repository_id: int, digest: str) -> tuple[RunTicket, datetime]:
@@ -422,18 +445,20 @@ def recorded_files(db: Session, run_id: str) -> set[str]:
 
 
 class AsyncRunner:
-    """Carries out queued runs, oldest first; a run is claimed by one process only."""
+    """Carries out queued runs, oldest first; a run is claimed by one replica only, ``holder``, whose
+    name it keeps: if that replica dies, the reaper fails the run (``Deployments.fail_orphaned_runs``)."""
 
-    def __init__(self, context: RegistryContext, execute: Any, poll_seconds: float = 0.5):
+    def __init__(self, context: RegistryContext, execute: Any, holder: str, poll_seconds: float = 0.5):
         self.context = context
         self.execute = execute  # async (run_id, repository, digest, spec, inputs, caller) -> (status, outputs, error)
+        self.holder = holder
         self.poll_seconds = poll_seconds
 
     def _claim(self) -> Run | None:
         with self.context.sessions() as db:
             for run in db.scalars(select(Run).where(Run.status == "queued").order_by(Run.created_at).limit(8)):
                 claimed = db.execute(update(Run).where(Run.id == run.id, Run.status == "queued")
-                                     .values(status="running")).rowcount
+                                     .values(status="running", claimed_by=self.holder)).rowcount
                 db.commit()
                 if claimed:
                     return run
@@ -444,6 +469,8 @@ class AsyncRunner:
         with self.context.sessions() as db:
             run = db.get(Run, run_id)
             assert run is not None
+            if run.status != "running" or run.claimed_by != self.holder:
+                return  # failed meanwhile as orphaned (this replica was taken for dead): that answer stands
             if outputs is not None and not isinstance(outputs, dict):
                 status, outputs, error = "failed", None, "the model's answer has no outputs object"
             if not isinstance(duration_ms, (int, float)) or isinstance(duration_ms, bool):

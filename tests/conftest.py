@@ -95,11 +95,11 @@ class RegistryServer:
             env["MODELHALL_DATABASE"] = self.database
         return env
 
-    def start(self, ready_within: float = 30) -> None:
+    def start(self, ready_within: float = START_SECONDS) -> None:
         log = (self.data_dir.parent / f"registry-{self.port}.log").open("ab")
         command = [*MODELHALL, "up", "--port", str(self.port), "--demo-port", str(self.demo_port)]
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + max(ready_within, START_SECONDS)
+        deadline = time.monotonic() + ready_within
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the registry exited with {self.process.returncode}; see {log.name}")
@@ -109,7 +109,7 @@ class RegistryServer:
             except httpx.TransportError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"the registry did not answer within {max(ready_within, START_SECONDS)} s; see {log.name}")
+        raise RuntimeError(f"the registry did not answer within {ready_within:g} s; see {log.name}")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

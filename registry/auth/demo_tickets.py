@@ -10,15 +10,19 @@ request is still decided by the policy, so revoking a link or a membership takes
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
+from sqlalchemy import delete, insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from modelhall.registry.auth.tokens import ISSUER, JWT_ALGORITHM
+from modelhall.registry.db.models import SpentTicket
 
 TICKET_SECONDS = 60
 TICKET_AUDIENCE = "modelhall-demo-ticket"
@@ -55,24 +59,28 @@ def issue_ticket(signing_key: str, demo_pass: DemoPass, seconds: int = TICKET_SE
 
 
 class SpentTickets:
-    """The tickets used so far, each kept until it would have expired anyway (so the set stays small).
+    """The tickets used so far, in the database: every replica sees a ticket another one took.
 
-    In memory: with several registry replicas a ticket could be spent once on each, within its minute.
+    A ticket is spent by inserting its id, which one process at most can do; each row is kept until
+    the ticket would have expired anyway, so the table stays small.
     """
 
-    def __init__(self) -> None:
-        self._expiries: dict[str, float] = {}
-        self._lock = threading.Lock()
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
 
     def spend(self, ticket_id: str, expires_at: float) -> bool:
-        """Mark a ticket used; False if it was already."""
-        now = time.time()
-        with self._lock:
-            self._expiries = {key: expiry for key, expiry in self._expiries.items() if expiry > now}
-            if ticket_id in self._expiries:
+        """Mark a ticket used; False if it was already (here or on another replica)."""
+        now = datetime.now(UTC)
+        with self.sessions() as db:
+            db.execute(delete(SpentTicket).where(SpentTicket.expires_at < now))
+            try:
+                db.execute(insert(SpentTicket).values(id=ticket_id[:64],
+                                                      expires_at=datetime.fromtimestamp(expires_at, UTC)))
+                db.commit()
+            except IntegrityError:
+                db.rollback()
                 return False
-            self._expiries[ticket_id] = expires_at
-            return True
+        return True
 
 
 AGAIN = "open the demo again from the registry or the gallery"
@@ -89,7 +97,7 @@ def redeem_ticket(signing_key: str, ticket: str, key: str, spent: SpentTickets) 
         raise TicketRefused(f"this demo ticket is not valid: {AGAIN}") from None
     if claims["key"] != key:
         raise TicketRefused(f"this demo ticket is for another demo: {AGAIN}")
-    if not spent.spend(str(claims["jti"]), float(claims["exp"])):
+    if not spent.spend(str(claims["jti"]), float(claims["exp"])):  # last: a refused ticket is not spent
         raise TicketRefused(f"this demo ticket has been used already: {AGAIN}")
     return _pass_of(claims)
 

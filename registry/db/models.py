@@ -308,6 +308,7 @@ class Run(Base):
     logs: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     finished_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # the replica carrying out an async run
 
 
 class RunFile(Base):
@@ -342,3 +343,12 @@ class LoginLink(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class SpentTicket(Base):
+    """A demo ticket that was used, kept until it would have expired anyway (see auth/demo_tickets.py)."""
+
+    __tablename__ = "spent_tickets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the ticket's jti
+    expires_at: Mapped[datetime] = mapped_column(index=True)
