@@ -391,13 +391,28 @@ class Cluster:
     def is_ready(pod: dict[str, Any]) -> bool:
         return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions", []))
 
+    @staticmethod
+    def _mounted(value: str, mounts: dict[str, Path]) -> str:
+        """A path under an emptyDir's mount point, as the pod's own folder for that volume (no mount namespace
+        here: the host's /tmp is shared, a pod's /tmp must not be)."""
+        for mount_path, folder in mounts.items():
+            if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                return str(folder) + value[len(mount_path.rstrip("/")):]
+        return value
+
     def _environment(self, namespace: str, pod: dict[str, Any], container: dict[str, Any], tmp: Path) -> dict[str, str]:
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp),
                "TMPDIR": str(tmp), "HOSTNAME": pod["metadata"]["name"]}
+        empty_dirs = {volume["name"] for volume in pod["spec"].get("volumes") or [] if "emptyDir" in volume}
+        mounts = {}
+        for mount in container.get("volumeMounts") or []:
+            if mount["name"] in empty_dirs:
+                mounts[mount["mountPath"]] = folder = tmp.parent / "volumes" / mount["name"]
+                folder.mkdir(parents=True, exist_ok=True)
         for variable in container.get("env") or []:
             source = variable.get("valueFrom")
             if source is None:
-                env[variable["name"]] = variable.get("value", "")
+                env[variable["name"]] = self._mounted(variable.get("value", ""), mounts)
             elif "fieldRef" in source:
                 path = source["fieldRef"]["fieldPath"]
                 env[variable["name"]] = {"status.podIP": pod["status"].get("podIP", ""),
