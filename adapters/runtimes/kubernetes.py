@@ -440,8 +440,14 @@ class KubernetesRuntime:
         name, uid, count = self._parts(worker)
         self.pods.wait_synced()
         pod = self.pods.pods.get(name)
-        return (pod is not None and pod["metadata"]["uid"] == uid and not pod["metadata"].get("deletionTimestamp")
-                and restarts(pod) == count and (pod.get("status") or {}).get("phase") == "Running")
+        alive = (pod is not None and pod["metadata"]["uid"] == uid and not pod["metadata"].get("deletionTimestamp")
+                 and restarts(pod) == count and (pod.get("status") or {}).get("phase") == "Running")
+        if alive and pod is not None:  # a handle the registry holds (adopted after a restart, say) is in use
+            deployment = pod["metadata"]["labels"][DEPLOYMENT_LABEL]
+            if name not in self._handed.setdefault(deployment, set()):
+                with self._lock(deployment):
+                    self._handed[deployment].add(name)
+        return alive
 
     def stop(self, worker: WorkerHandle) -> None:
         pod_name, uid, _ = self._parts(worker)

@@ -223,8 +223,7 @@ class Cluster:
         self.containers: dict[str, Container] = {}  # by pod uid
         self._addresses = itertools.cycle(f"127.0.0.{n}" for n in range(2, 255))
         self._stopping = threading.Event()
-        self.pod_starts: list[float] = []  # seconds from each pod's creation to Ready: the double's own pod start
-        self._created_at: dict[str, float] = {}
+        self.ready_at: dict[str, float] = {}  # pod uid → perf_counter() when it first became Ready
 
     # --- the Deployment and Job controllers ---------------------------------------------------
 
@@ -294,7 +293,6 @@ class Cluster:
                        "Warning")
             return
         self.store.create("pods", namespace, pod)
-        self._created_at[pod["metadata"]["uid"]] = time.monotonic()
 
     def admit_pod(self, namespace: str, pod: dict[str, Any]) -> str | None:
         """Why admission refuses the pod (Pod Security, a missing RuntimeClass), or None."""
@@ -502,8 +500,8 @@ class Cluster:
             elif passed != state.ready:
                 state.ready = passed
                 self._set_status(namespace, name, uid, running=True)
-                if passed and uid in self._created_at:
-                    self.pod_starts.append(time.monotonic() - self._created_at.pop(uid))
+                if passed:
+                    self.ready_at.setdefault(uid, time.perf_counter())
             time.sleep(max(period, 0.01))
 
     def _set_status(self, namespace: str, name: str, uid: str, running: bool = False,
