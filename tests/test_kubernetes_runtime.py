@@ -158,13 +158,13 @@ def test_a_gpu_model_lands_on_the_gpu_node_and_a_second_one_waits_for_the_gpu(k8
     assert pod["spec"]["runtimeClassName"] == "nvidia"
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     second = with_resources(quick_hello(tmp_path / "b", idle_timeout=2), "{gpu: {count: 1, type: NVIDIA-L4}}")
-    _, _, second_digest = push(k8s_registry, second, "gpu-two")
-    refused = predict(k8s_registry, f"{user}/gpu-two", "y")
+    other, _, second_digest = push(k8s_registry, second, "gpu-two")
+    refused = predict(k8s_registry, f"{other}/gpu-two", "y")
     assert refused.status_code == 503
     assert refused.json()["status"] == "unschedulable"
     assert "0/3 nodes are available: 1 Insufficient nvidia.com/gpu, 2 node(s) didn't match Pod's node " \
            "affinity/selector" in refused.json()["detail"]
-    assert status(k8s_registry, f"{user}/gpu-two")["state"] == "unschedulable"
+    assert status(k8s_registry, f"{other}/gpu-two")["state"] == "unschedulable"
     wait_for(lambda: not pods_of(double, second_digest), "the pending pod going")
     assert deployment_of(double, second_digest)["spec"]["replicas"] == 0
     k8s_registry.crash()  # a registry killed without cleaning up: its successor adopts the Ready pod
@@ -176,7 +176,7 @@ def test_a_gpu_model_lands_on_the_gpu_node_and_a_second_one_waits_for_the_gpu(k8
     k8s_registry.stop()  # a clean shutdown puts its workers to sleep: the GPU is free for the second model
     k8s_registry.start()
     wait_for(lambda: not pods_of(double, first_digest), "the first model's pod going")
-    answer = predict(k8s_registry, f"{user}/gpu-two", "now")
+    answer = predict(k8s_registry, f"{other}/gpu-two", "now")
     assert answer.status_code == 200, answer.text
     [second_pod] = pods_of(double, second_digest)
     assert second_pod["spec"]["nodeName"] == "gpu-1"
@@ -196,8 +196,8 @@ def test_an_unplaceable_gpu_model_answers_why_and_cpu_fallback_runs_on_a_cpu_nod
     wait_for(lambda: not pods_of(double, digest), "the pending pod going")
     flexible = with_resources(quick_hello(tmp_path / "b", idle_timeout=2),
                               "{gpu: {count: 1, type: h100, cpu_fallback: true}}")
-    _, _, fallback_digest = push(k8s_registry, flexible, "h100-or-cpu")
-    assert predict(k8s_registry, f"{user}/h100-or-cpu", "x").status_code == 200
+    other, _, fallback_digest = push(k8s_registry, flexible, "h100-or-cpu")
+    assert predict(k8s_registry, f"{other}/h100-or-cpu", "x").status_code == 200
     [pod] = pods_of(double, fallback_digest)
     assert pod["spec"]["nodeName"].startswith("cpu-") and "nvidia.com/gpu" not in json.dumps(pod["spec"])
     wait_for(lambda: not pods_of(double, fallback_digest), "the fallback model sleeping")
