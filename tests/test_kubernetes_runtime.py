@@ -149,7 +149,7 @@ def test_a_pods_pull_token_reaches_its_own_version_only_and_never_its_model_code
 def test_a_gpu_model_lands_on_the_gpu_node_and_a_second_one_waits_for_the_gpu(k8s_registry: RegistryServer,
                                                                               double: KubernetesDouble,
                                                                               tmp_path: Path) -> None:
-    first = with_resources(quick_hello(tmp_path / "a", idle_timeout=300), "{gpu: {count: 1, type: l4}}")
+    first = with_resources(quick_hello(tmp_path / "a", idle_timeout=20), "{gpu: {count: 1, type: l4}}")
     user, _, first_digest = push(k8s_registry, first, "gpu-one")
     assert predict(k8s_registry, f"{user}/gpu-one", "x").status_code == 200
     [pod] = pods_of(double, first_digest)
@@ -167,15 +167,7 @@ def test_a_gpu_model_lands_on_the_gpu_node_and_a_second_one_waits_for_the_gpu(k8
     assert status(k8s_registry, f"{other}/gpu-two")["state"] == "unschedulable"
     wait_for(lambda: not pods_of(double, second_digest), "the pending pod going")
     assert deployment_of(double, second_digest)["spec"]["replicas"] == 0
-    k8s_registry.crash()  # a registry killed without cleaning up: its successor adopts the Ready pod
-    k8s_registry.start()
-    assert status(k8s_registry, f"{user}/gpu-one")["state"] == "running"
-    assert [w["id"] for w in status(k8s_registry, f"{user}/gpu-one")["workers"]][-1].startswith(pod["metadata"]["name"])
-    assert predict(k8s_registry, f"{user}/gpu-one", "after").json()["outputs"] == {"greeting": "Hello, after."}
-    assert [p["metadata"]["uid"] for p in pods_of(double, first_digest)] == [pod["metadata"]["uid"]]
-    k8s_registry.stop()  # a clean shutdown puts its workers to sleep: the GPU is free for the second model
-    k8s_registry.start()
-    wait_for(lambda: not pods_of(double, first_digest), "the first model's pod going")
+    wait_for(lambda: not pods_of(double, first_digest), "the first model sleeping, which frees the GPU", seconds=120)
     answer = predict(k8s_registry, f"{other}/gpu-two", "now")
     assert answer.status_code == 200, answer.text
     [second_pod] = pods_of(double, second_digest)
@@ -230,3 +222,22 @@ def push_to(registry: RegistryServer, bundle: Path, repository: str, tag: str, t
     with pack_bundle(bundle) as packed:
         digest = push_packed(http(registry.url, token), repository, tag, packed)
     return repository, token, digest
+
+
+def test_a_crashed_registry_adopts_the_ready_pods_it_finds(k8s_registry: RegistryServer, double: KubernetesDouble,
+                                                           tmp_path: Path) -> None:
+    user, _, digest = push(k8s_registry, quick_hello(tmp_path, idle_timeout=300), "survivor")
+    assert predict(k8s_registry, f"{user}/survivor", "before").status_code == 200
+    [pod] = pods_of(double, digest)
+    k8s_registry.crash()  # killed without cleaning up: its successor finds the pod by its labels
+    k8s_registry.start()
+    assert status(k8s_registry, f"{user}/survivor")["state"] == "running"
+    assert predict(k8s_registry, f"{user}/survivor", "after").json()["outputs"] == {"greeting": "Hello, after."}
+    assert [p["metadata"]["uid"] for p in pods_of(double, digest)] == [pod["metadata"]["uid"]]
+    [worker] = status(k8s_registry, f"{user}/survivor")["workers"]
+    assert worker["id"].startswith(pod["metadata"]["name"])
+    logs = http(k8s_registry.url, k8s_registry.user()[1])  # a stranger may not read them
+    assert logs.get(f"/api/v1/repos/{user}/survivor/deployment/logs").status_code == 403
+    k8s_registry.stop()  # a clean shutdown puts its models to sleep
+    wait_for(lambda: not pods_of(double, digest), "the pod going with a clean shutdown")
+    k8s_registry.start()
