@@ -6,7 +6,6 @@ which fetch their bundle from the registry with their version pull token and ans
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 

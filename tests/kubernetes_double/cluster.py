@@ -41,7 +41,7 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from .schemas import Refused, pod_security_violations, selector_matches
+from .schemas import Refused, pod_security_violations
 
 GPU = "nvidia.com/gpu"
 GPU_PRODUCT = "nvidia.com/gpu.product"
