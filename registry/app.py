@@ -42,8 +42,10 @@ DOCS_ASSETS = "/docs/assets"
 
 
 def open_runtime(settings: Settings) -> Runtime:
-    if settings.runtime != "local":
-        raise ValueError(f"unsupported runtime {settings.runtime!r}: MODELHALL_RUNTIME=local is the one built so far")
+    if settings.runtime == "kubernetes":
+        from modelhall.adapters.runtimes.kubernetes import KubernetesRuntime  # the client is imported only here
+
+        return KubernetesRuntime(settings)
     return LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
 
 

@@ -34,7 +34,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from modelhall.adapters.runtimes.base import Build, Runtime, UnschedulableError, WorkerHandle
+from modelhall.adapters.runtimes.base import Build, Runtime, Target, UnschedulableError, WorkerHandle
 from modelhall.bundle import UnpackLimits, unpack_layers
 from modelhall.bundle.unpack import IteratorReader
 from modelhall.registry.context import RegistryContext
@@ -436,7 +436,8 @@ class Deployments:
     async def _launch(self, deployment_id: int, version: Version) -> WorkerHandle:
         """Build if needed, start one worker and wait until it is ready; it joins the version's pool."""
         bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
-        handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest, version.demo_path)
+        target = Target(version.repository.id, version.repository.name, version.digest)
+        handle = await run_in_threadpool(self.runtime.start, bundle, build, target, version.demo_path)
         await run_in_threadpool(self._record_worker, deployment_id, handle, "starting")
         try:
             await self._wait_ready(handle)

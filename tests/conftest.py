@@ -108,7 +108,7 @@ class RegistryServer:
                 return
             except httpx.TransportError:
                 time.sleep(0.1)
-        self.stop()
+        self.crash()  # not left running behind a failed fixture
         raise RuntimeError(f"the registry did not answer within {ready_within:g} s; see {log.name}")
 
     def stop(self) -> None:
