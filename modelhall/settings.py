@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     runtime: str = "local"
     allow_model_network: bool = False  # a spec's runtime.network: true is refused unless the operator allows it
     wake_timeout: float = 120.0
+    # MODELHALL_RUNTIME=openfaas: each version an OpenFaaS function (adapters/runtimes/openfaas.py)
+    openfaas_gateway: str = "http://gateway.openfaas:8080"
+    openfaas_username: str = "admin"
+    openfaas_password: str = ""
+    openfaas_namespace: str = Field(default="openfaas-fn", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    openfaas_image: str = "ghcr.io/modelhall/model-server:latest"
+    openfaas_gpu_profile: str | None = None  # an OpenFaaS Profile granting GPUs; without one no GPU model runs
+    openfaas_pro: bool = False  # OpenFaaS Pro's autoscaler is in charge of replicas (and of scale to zero)
+    openfaas_kubernetes: str = "auto"  # scale to zero through the Kubernetes API: auto | none | an API server URL
+    openfaas_credential_ttl: int = Field(default=3600, gt=0)  # seconds a function's pull credential is valid
     reaper_interval: float = 5.0
     oidc_providers: list[OIDCProvider] = Field(default_factory=list)  # env: a JSON list
     session_max_age: int = 14 * 24 * 3600

@@ -14,6 +14,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from modelhall.adapters.runtimes.base import Runtime
 from modelhall.adapters.runtimes.local import LocalRuntime
+from modelhall.adapters.runtimes.openfaas import Gateway, OpenFaaSConfig, OpenFaaSRuntime, open_kubernetes_scaler
 from modelhall.adapters.storage import open_blob_store
 from modelhall.registry import demo_origin, gateway
 from modelhall.registry.api import repos, runs, shares, tokens
@@ -25,7 +26,7 @@ from modelhall.registry.auth.principal import AuthenticationError
 from modelhall.registry.catalog import refresh_stale_catalogs
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
-from modelhall.registry.deployments import Deployments
+from modelhall.registry.deployments import Deployments, pull_credential
 from modelhall.registry.redaction import install_redaction
 from modelhall.registry.security_headers import SecurityHeaders
 from modelhall.registry.runs import AsyncRunner
@@ -38,10 +39,21 @@ from modelhall.settings import Settings, load_settings
 SESSION_COOKIE = "modelhall_session"
 
 
-def open_runtime(settings: Settings) -> Runtime:
-    if settings.runtime != "local":
-        raise ValueError(f"unsupported runtime {settings.runtime!r}: MODELHALL_RUNTIME=local is the one built so far")
-    return LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
+def open_runtime(context: RegistryContext) -> Runtime:
+    settings = context.settings
+    local = LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
+    if settings.runtime == "local":
+        return local
+    if settings.runtime == "openfaas":
+        config = OpenFaaSConfig(gateway=settings.openfaas_gateway, username=settings.openfaas_username,
+                                password=settings.openfaas_password, namespace=settings.openfaas_namespace,
+                                image=settings.openfaas_image, registry_url=settings.url,
+                                gpu_profile=settings.openfaas_gpu_profile, pro=settings.openfaas_pro,
+                                allow_network=settings.allow_model_network)
+        gateway = Gateway(config.gateway, config.username, config.password, config.namespace)
+        return OpenFaaSRuntime(config, gateway, environments=local, credentials=partial(pull_credential, context),
+                               scaler=open_kubernetes_scaler(settings.openfaas_kubernetes))
+    raise ValueError(f"unsupported runtime {settings.runtime!r}: MODELHALL_RUNTIME is local or openfaas")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               store=open_blob_store(settings.storage_url))
     with context.sessions() as db:
         refresh_stale_catalogs(db)
-    deployments = Deployments(context, open_runtime(settings), wake_timeout=settings.wake_timeout)
+    deployments = Deployments(context, open_runtime(context), wake_timeout=settings.wake_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from contextlib import asynccontextmanager, contextmanager
@@ -31,13 +32,16 @@ from typing import Any, BinaryIO
 import aiohttp
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
+from yarl import URL
 from starlette.concurrency import run_in_threadpool
 
 from modelhall.adapters.runtimes.base import Build, Runtime, UnschedulableError, WorkerHandle
+from modelhall.adapters.runtimes.openfaas import PullCredential
 from modelhall.bundle import UnpackLimits, unpack_layers
 from modelhall.bundle.unpack import IteratorReader
 from modelhall.registry.context import RegistryContext
-from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
+from modelhall.registry.auth.tokens import issue_registry_token
+from modelhall.registry.db.models import Deployment, Manifest, Repository, User, Worker, utcnow
 from modelhall.registry.metadata import insert_ignoring_duplicates
 from modelhall.registry.runs import JournalReader
 from modelhall.spec.model import Runtime as RuntimeSection, Scaling
@@ -66,9 +70,28 @@ def worker_client(worker: WorkerHandle, timeout: float | None = None) -> aiohttp
     """
     socket = worker.unix_socket
     connector = aiohttp.UnixConnector(path=socket) if socket else aiohttp.TCPConnector()
-    return aiohttp.ClientSession(WORKER_URL if socket else worker.endpoint, connector=connector,
+    origin, prefix = (WORKER_URL, "") if socket else _split_endpoint(worker.endpoint)
+    return aiohttp.ClientSession(origin, connector=connector, middlewares=(_under(prefix),) if prefix else (),
                                  cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",),
                                  timeout=aiohttp.ClientTimeout(total=timeout, connect=10))
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, str]:
+    """An HTTP endpoint's origin and its path (an OpenFaaS function's is ``/function/{name}.{namespace}``)."""
+    url = URL(endpoint)
+    return str(url.origin()), url.raw_path.rstrip("/")
+
+
+def _under(prefix: str) -> aiohttp.ClientMiddlewareType:
+    """Requests for ``/x`` go to ``{prefix}/x``, path and query kept as they were encoded."""
+
+    async def middleware(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+        url = request.url
+        request.url = URL.build(scheme=url.scheme, authority=url.raw_authority, path=prefix + url.raw_path,
+                                query_string=url.raw_query_string, encoded=True)
+        return await handler(request)
+
+    return middleware
 
 
 def _settled(task: asyncio.Task[WorkerHandle]) -> None:
@@ -206,6 +229,27 @@ class Version:
         """How long the gateway waits for one prediction: the spec's limit, which the worker enforces
         itself, and a margin for the answer to arrive; a worker that ignores its limit is cut off here."""
         return float(self.spec.get("runtime", {}).get("timeout", DEFAULT_CALL_SECONDS)) + CALL_TIMEOUT_MARGIN_SECONDS
+
+
+DEMO_PATH = re.compile(r"/live/(?P<repository>\d+)@(?P<digest>sha256:[0-9a-f]{64})")
+
+
+def pull_credential(context: RegistryContext, demo_path: str, digest: str) -> PullCredential:
+    """A registry token that may pull from the one repository of the version at ``demo_path``, for a runtime
+    whose model server fetches its bundle (OpenFaaS). Issued in the name of the repository's namespace
+    when that is a user (so private repositories can be pulled), for ``openfaas_credential_ttl`` seconds."""
+    match = DEMO_PATH.fullmatch(demo_path)
+    if match is None or match["digest"] != digest:
+        raise ValueError("not the demo path of that version")
+    with context.sessions() as db:
+        repository = db.get(Repository, int(match["repository"]))
+        if repository is None:
+            raise ValueError("the version's repository no longer exists")
+        owner = db.scalar(select(User).where(User.name == repository.namespace))
+        token, _ = issue_registry_token(context.settings.signing_key, owner.name if owner else None,
+                                        frozenset({"read"}), {repository.name: frozenset({"pull"})},
+                                        context.settings.openfaas_credential_ttl)
+        return PullCredential(repository.name, token)
 
 
 class Deployments:

@@ -1,0 +1,296 @@
+"""The OpenFaaS runtime: each version is one OpenFaaS function, deployed through the gateway's REST API.
+
+    registry ──basic auth──▶ gateway /system/secrets              the version's pull credential
+                                     /system/functions            POST deploy, PUT update
+                                     /system/function/{name}      status: does it exist, how many replicas
+                                     /system/logs                 the function's output
+             ──────────────▶ gateway /function/{name}.{namespace}/…  predictions, health, the demo; a function at
+                                                                     zero replicas is woken by the gateway itself
+             ──(optional)──▶ Kubernetes API  deployments/{name}/scale → 0   scale to zero (faas-netes)
+
+A function is what the registry sees as one worker: its handle is ``{name}.{namespace}`` and its
+endpoint the gateway's invocation URL for it. Its replicas are OpenFaaS's business, within the
+spec's ``scaling`` written as the labels OpenFaaS Pro's autoscaler reads.
+
+Scale to zero: the Community Edition gateway clamps every ``POST /system/scale-function`` to 1–5
+replicas, so it cannot take a function to zero. On faas-netes a function is a Deployment in the
+functions namespace, and :meth:`OpenFaaSRuntime.stop` sets its scale to 0 through the Kubernetes
+API; the gateway's own scale-from-zero wakes it on the next invocation. With no Kubernetes access an
+idle function keeps one replica; with OpenFaaS Pro in charge (``MODELHALL_OPENFAAS_PRO``) its
+autoscaler does the scaling and the registry leaves it alone.
+
+The model-server image fetches its bundle and environment by digest from the registry, with the
+pull-only credential for that one version that it finds in the function's secret
+(``/var/openfaas/secrets/<secret>``). The environment variables below are that contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from modelhall.adapters.runtimes.base import Build, UnschedulableError, WorkerHandle
+from modelhall.spec import Spec, load_spec_file
+
+logger = logging.getLogger(__name__)
+
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set on GPU nodes by NVIDIA's GPU feature discovery
+PROFILE_ANNOTATION = "com.openfaas.profile"
+CE_MAX_REPLICAS = 5  # the Community Edition gateway clamps scale requests to 1–5 (gateway/scaling/ranges.go)
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")  # a Kubernetes label value
+GATEWAY_TIMEOUT_SECONDS = 30.0
+
+
+class NoGPUProfileError(UnschedulableError):
+    """The model needs a GPU, and no OpenFaaS Profile that grants one is configured."""
+
+
+class NetworkNotAllowedError(UnschedulableError):
+    """The spec asks for network access, which this registry's operator has not allowed."""
+
+
+class GatewayError(RuntimeError):
+    """The gateway refused a request; ``status`` is its HTTP status, the message its (shortened) answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"the OpenFaaS gateway answered {status}: {message[:500]}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class OpenFaaSConfig:
+    gateway: str  # e.g. http://gateway.openfaas:8080
+    username: str
+    password: str
+    namespace: str  # the functions namespace, e.g. openfaas-fn
+    image: str  # the model-server image
+    registry_url: str  # where the image fetches bundles from
+    gpu_profile: str | None = None  # an OpenFaaS Profile with GPU limits, tolerations, affinity
+    pro: bool = False  # OpenFaaS Pro's autoscaler scales functions (to zero too)
+    allow_network: bool = False
+
+
+@dataclass(frozen=True)
+class PullCredential:
+    """A short-lived, pull-only credential for the one repository that holds a version."""
+
+    repository: str
+    token: str
+
+
+class DeploymentScaler(Protocol):
+    """Sets the replicas of a function's Deployment (faas-netes): the way to zero that the gateway lacks."""
+
+    def scale(self, name: str, namespace: str, replicas: int) -> None: ...
+
+
+class KubernetesScaler:
+    """The scale subresource of the functions' Deployments, through the official Kubernetes client."""
+
+    def __init__(self, api_client: Any):
+        from kubernetes import client
+
+        self.apps = client.AppsV1Api(api_client)
+
+    def scale(self, name: str, namespace: str, replicas: int) -> None:
+        self.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+
+
+def open_kubernetes_scaler(setting: str) -> KubernetesScaler | None:
+    """Kubernetes access for scale to zero: ``auto`` (in-cluster, then a kubeconfig), ``none``, or the URL
+    of an API server that needs no credentials of its own (``kubectl proxy``)."""
+    from kubernetes import client, config
+
+    if setting == "none":
+        return None
+    if setting != "auto":
+        configuration = client.Configuration()
+        configuration.host = setting
+        return KubernetesScaler(client.ApiClient(configuration))
+    for load in (config.load_incluster_config, config.load_kube_config):
+        try:
+            load()
+        except (config.ConfigException, OSError):
+            continue
+        return KubernetesScaler(client.ApiClient())
+    return None
+
+
+class Gateway:
+    """The OpenFaaS gateway's REST API, as far as the runtime uses it."""
+
+    def __init__(self, url: str, username: str, password: str, namespace: str):
+        self.url = url.rstrip("/")
+        self.namespace = namespace
+        self.http = httpx.Client(base_url=self.url, auth=(username, password), timeout=GATEWAY_TIMEOUT_SECONDS)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise GatewayError(response.status_code, response.text)
+        return response
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        """The function's status (``replicas``, ``availableReplicas``, its labels…), or None if there is none."""
+        try:
+            return self._call("GET", f"/system/function/{name}", params={"namespace": self.namespace}).json()
+        except GatewayError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def deploy(self, function: dict[str, Any]) -> None:
+        self._call("POST", "/system/functions", json=function)
+
+    def update(self, function: dict[str, Any]) -> None:
+        self._call("PUT", "/system/functions", json=function)
+
+    def put_secret(self, name: str, value: str) -> None:
+        """Create the secret, or replace its value if it exists."""
+        secret = {"name": name, "namespace": self.namespace, "value": value}
+        try:
+            self._call("PUT", "/system/secrets", json=secret)
+        except GatewayError as error:
+            if error.status != 404:
+                raise
+            self._call("POST", "/system/secrets", json=secret)
+
+    def logs(self, name: str, tail: int) -> list[str]:
+        response = self._call("GET", "/system/logs", params={"name": name, "namespace": self.namespace,
+                                                             "tail": tail, "follow": "false"})
+        lines = []
+        for line in response.text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                lines.append(str(entry.get("text", "")).rstrip("\n"))
+        return lines[-tail:]
+
+
+def function_name(root_path: str) -> str:
+    """The version's function: the same name for the same version, so a restarted registry finds it again
+    (a DNS label, as OpenFaaS requires; ``root_path`` names the repository and the digest)."""
+    return "mh-" + hashlib.sha256(root_path.encode()).hexdigest()[:24]
+
+
+def gpu_constraints(spec: Spec) -> list[str]:
+    """The node selector for ``resources.gpu.type``. The type is the author's: anything but a label value
+    (a ``,`` or ``=`` that would add selectors of its own) is refused."""
+    gpu_type = spec.resources.gpu.type
+    if not gpu_type:
+        return []
+    if not LABEL_VALUE.fullmatch(gpu_type):
+        raise UnschedulableError("resources.gpu.type must be a GPU product name as nodes label it "
+                                 f"({GPU_PRODUCT_LABEL}: letters, digits, '-', '_' and '.', at most 63)")
+    return [f"{GPU_PRODUCT_LABEL}={gpu_type}"]
+
+
+def scale_labels(spec: Spec) -> dict[str, str]:
+    """What OpenFaaS Pro's autoscaler reads; the gateway's scale-from-zero reads ``com.openfaas.scale.min``."""
+    scaling = spec.scaling
+    return {"com.openfaas.scale.min": str(max(1, scaling.min)), "com.openfaas.scale.max": str(scaling.max),
+            "com.openfaas.scale.zero": "true" if scaling.min == 0 else "false",
+            "com.openfaas.scale.zero-duration": f"{int(scaling.idle_timeout)}s"}
+
+
+class OpenFaaSRuntime:
+    def __init__(self, config: OpenFaaSConfig, gateway: Gateway, environments: Any,
+                 credentials: Callable[[str, str], PullCredential], scaler: DeploymentScaler | None):
+        """``environments`` builds a version's environment (``build``, ``build_log``), ``credentials`` issues
+        the pull credential for a version (its demo path and digest), ``scaler`` is the Kubernetes access, if any."""
+        self.config = config
+        self.gateway = gateway
+        self.environments = environments
+        self.credentials = credentials
+        self.scaler = scaler
+        if config.pro:
+            logger.warning("OpenFaaS Pro scales the functions: the registry leaves replicas to its autoscaler")
+        elif scaler is None:
+            logger.warning("no Kubernetes access: idle OpenFaaS functions keep one replica (the Community Edition "
+                           "gateway cannot scale a function to zero; give the registry access to the functions' "
+                           "Deployments, or use OpenFaaS Pro)")
+
+    def build(self, bundle: Path) -> Build:
+        return self.environments.build(bundle)
+
+    def build_log(self, environment: str, lines: int = 200) -> str:
+        return self.environments.build_log(environment, lines)
+
+    def _check(self, spec: Spec) -> None:
+        if spec.runtime.network and not self.config.allow_network:
+            raise NetworkNotAllowedError("the model asks for network access (runtime.network: true), which this "
+                                         "registry does not allow (its operator can, with "
+                                         "MODELHALL_ALLOW_MODEL_NETWORK=true)")
+        gpu = spec.resources.gpu
+        if gpu.count and not self.config.gpu_profile and not gpu.cpu_fallback:
+            raise NoGPUProfileError(
+                f"the model needs {gpu.count} GPU(s), and OpenFaaS functions get GPUs only through an OpenFaaS "
+                "Profile (OpenFaaS Standard or Enterprise): this registry names none (its operator can, with "
+                "MODELHALL_OPENFAAS_GPU_PROFILE); set resources.gpu.cpu_fallback: true to run it on the CPU")
+        if spec.scaling.max > CE_MAX_REPLICAS and not self.config.pro:
+            logger.warning("%s asks for up to %d replicas (scaling.max); OpenFaaS Community Edition runs at most %d",
+                           spec.name, spec.scaling.max, CE_MAX_REPLICAS)
+
+    def function(self, name: str, spec: Spec, build: Build, digest: str, root_path: str,
+                 credential: PullCredential) -> dict[str, Any]:
+        """The FunctionDeployment the gateway receives for this version."""
+        gpu = bool(spec.resources.gpu.count and self.config.gpu_profile)
+        size = {"cpu": f"{spec.resources.cpu:g}", "memory": str(spec.resources.memory)}
+        return {
+            "service": name, "namespace": self.config.namespace, "image": self.config.image,
+            "envVars": {"MODELHALL_REGISTRY_URL": self.config.registry_url, "MODELHALL_REPOSITORY": credential.repository,
+                        "MODELHALL_DIGEST": digest, "MODELHALL_ENVIRONMENT": build.environment,
+                        "MODELHALL_ROOT_PATH": root_path, "MODELHALL_PULL_SECRET": f"{name}-pull"},
+            "secrets": [f"{name}-pull"],
+            "labels": {"com.modelhall.managed": "true", **scale_labels(spec)},
+            "annotations": {"com.modelhall.digest": digest,
+                            **({PROFILE_ANNOTATION: self.config.gpu_profile} if gpu else {})},
+            "constraints": gpu_constraints(spec) if gpu else [],
+            "requests": size, "limits": size, "readOnlyRootFilesystem": True,
+        }
+
+    def start(self, bundle: Path, build: Build, digest: str, root_path: str) -> WorkerHandle:
+        """Deploy (or update) the version's function; the gateway wakes it on the first call to its endpoint."""
+        spec = load_spec_file(bundle)
+        self._check(spec)
+        name = function_name(root_path)
+        credential = self.credentials(root_path, digest)
+        function = self.function(name, spec, build, digest, root_path, credential)
+        self.gateway.put_secret(f"{name}-pull", credential.token)
+        if self.gateway.status(name) is None:
+            self.gateway.deploy(function)
+        else:
+            self.gateway.update(function)
+        return WorkerHandle(f"{name}.{self.config.namespace}", f"{self.gateway.url}/function/{name}.{self.config.namespace}")
+
+    def alive(self, worker: WorkerHandle) -> bool:
+        """Whether the function is deployed (at zero replicas it still is: the gateway wakes it)."""
+        return self.gateway.status(self._name(worker)) is not None
+
+    def stop(self, worker: WorkerHandle) -> None:
+        """Scale the function's Deployment to zero where the registry may; otherwise it keeps its replica."""
+        if self.config.pro or self.scaler is None:
+            return
+        self.scaler.scale(self._name(worker), self.config.namespace, 0)
+
+    def logs(self, worker: WorkerHandle, lines: int = 50) -> str:
+        try:
+            return "\n".join(self.gateway.logs(self._name(worker), lines))
+        except (GatewayError, httpx.HTTPError) as error:
+            return f"(the function's logs could not be read: {error})"
+
+    def _name(self, worker: WorkerHandle) -> str:
+        name, _, namespace = worker.id.partition(".")
+        if namespace != self.config.namespace:
+            raise ValueError("the worker belongs to another functions namespace")
+        return name
