@@ -221,7 +221,7 @@ def test_the_gateway_double_clamps_scale_requests_as_community_edition_does(gate
 def test_kubernetes_scale_reaches_zero_where_the_gateway_cannot(gateway: OpenFaaSGatewayDouble) -> None:
     admin = httpx.Client(base_url=gateway.url, auth=("admin", "secret"), timeout=30)
     assert admin.post("/system/functions", json={"service": "fn", "image": ECHO_IMAGE}).status_code == 202
-    KubernetesScaler(open_kubernetes_scaler(gateway.url).apps.api_client).scale("fn", "openfaas-fn", 0)  # type: ignore[union-attr]
+    KubernetesScaler(gateway.url).scale("fn", "openfaas-fn", 0)
     assert admin.get("/system/function/fn").json()["replicas"] == 0
     assert httpx.get(f"{gateway.url}/function/fn.openfaas-fn/", timeout=30).status_code == 200
     assert httpx.get(f"{gateway.url}/function/nope/", timeout=30).status_code == 404

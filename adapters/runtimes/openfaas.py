@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ PROFILE_ANNOTATION = "com.openfaas.profile"
 CE_MAX_REPLICAS = 5  # the Community Edition gateway clamps scale requests to 1–5 (gateway/scaling/ranges.go)
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")  # a Kubernetes label value
 GATEWAY_TIMEOUT_SECONDS = 30.0
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 class NoGPUProfileError(UnschedulableError):
@@ -93,12 +95,31 @@ class DeploymentScaler(Protocol):
 
 
 class KubernetesScaler:
-    """The scale subresource of the functions' Deployments, through the official Kubernetes client."""
+    """The scale subresource of the functions' Deployments, through the official Kubernetes client.
 
-    def __init__(self, api_client: Any):
-        from kubernetes import client
+    The client (a few seconds to import) is loaded on the first scale, not when the registry starts."""
 
-        self.apps = client.AppsV1Api(api_client)
+    def __init__(self, host: str | None = None):
+        self.host = host  # an API server that needs no credentials of its own; None: in-cluster or kubeconfig
+        self._apps: Any = None
+
+    @property
+    def apps(self) -> Any:
+        if self._apps is None:
+            from kubernetes import client, config
+
+            if self.host is None:
+                try:
+                    config.load_incluster_config()
+                except config.ConfigException:
+                    config.load_kube_config()
+                api = client.ApiClient()
+            else:
+                configuration = client.Configuration()
+                configuration.host = self.host
+                api = client.ApiClient(configuration)
+            self._apps = client.AppsV1Api(api)
+        return self._apps
 
     def scale(self, name: str, namespace: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
@@ -107,21 +128,13 @@ class KubernetesScaler:
 def open_kubernetes_scaler(setting: str) -> KubernetesScaler | None:
     """Kubernetes access for scale to zero: ``auto`` (in-cluster, then a kubeconfig), ``none``, or the URL
     of an API server that needs no credentials of its own (``kubectl proxy``)."""
-    from kubernetes import client, config
-
     if setting == "none":
         return None
     if setting != "auto":
-        configuration = client.Configuration()
-        configuration.host = setting
-        return KubernetesScaler(client.ApiClient(configuration))
-    for load in (config.load_incluster_config, config.load_kube_config):
-        try:
-            load()
-        except (config.ConfigException, OSError):
-            continue
-        return KubernetesScaler(client.ApiClient())
-    return None
+        return KubernetesScaler(setting)
+    in_cluster = os.environ.get("KUBERNETES_SERVICE_HOST") and Path(SERVICE_ACCOUNT_TOKEN).is_file()
+    kubeconfig = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+    return KubernetesScaler() if in_cluster or kubeconfig.is_file() else None
 
 
 class Gateway:
