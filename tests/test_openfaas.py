@@ -282,7 +282,7 @@ def test_a_gpu_model_with_no_gpu_profile_is_unschedulable_through_the_registry(
     user, token, _ = push(openfaas_registry, bundle, "gpu", public=False)
     answer = predict(openfaas_registry, f"{user}/gpu", "Ada", token)
     assert answer.status_code == 503, answer.text
+    assert answer.json()["status"] == "unschedulable" and "OpenFaaS Profile" in answer.json()["detail"]
     deployment = status(openfaas_registry, f"{user}/gpu", token)
-    assert deployment["state"] == "unschedulable"
-    assert "OpenFaaS Profile" in deployment["state_detail"]
+    assert deployment["state"] == "unschedulable" and "MODELHALL_OPENFAAS_GPU_PROFILE" in deployment["detail"]
     assert gateway.functions == {}
