@@ -61,7 +61,27 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = 4 * 1024 * 1024
     unpack_max_bytes: int = 20 * 1024**3
     unpack_max_members: int = 100_000
-    runtime: str = "local"
+    runtime: str = Field(default="local", pattern="^(local|kubernetes)$")
+    # --- MODELHALL_RUNTIME=kubernetes (adapters/runtimes/kubernetes.py) ---
+    k8s_namespace: str = "modelhall-models"  # where every model's Deployment, Secret and NetworkPolicy live
+    k8s_image: str = ""  # the model-server image, pinned by digest; its entry: python -m modelhall.showcase.bootstrap
+    k8s_kubeconfig: str | None = None  # none: the in-cluster service account, else ~/.kube/config
+    k8s_registry_url: str = ""  # the registry as pods reach it (in-cluster Service URL); default: url
+    k8s_registry_labels: dict[str, str] = Field(  # the registry pods' labels: NetworkPolicies admit them only
+        default_factory=lambda: {"app.kubernetes.io/name": "modelhall-registry"})
+    k8s_registry_namespace: str = "modelhall"  # the registry's own namespace (for NetworkPolicies)
+    k8s_model_port: int = 8080  # the port a model server listens on inside its pod
+    # resources.gpu.type short names → values of the node label nvidia.com/gpu.product (a raw value passes as is)
+    k8s_gpu_products: dict[str, str] = Field(default_factory=lambda: {
+        "t4": "Tesla-T4", "l4": "NVIDIA-L4", "a10g": "NVIDIA-A10G", "a100": "NVIDIA-A100-SXM4-80GB",
+        "a100-40gb": "NVIDIA-A100-SXM4-40GB", "h100": "NVIDIA-H100-80GB-HBM3"})
+    # The toleration GPU pods get (the GPU Operator's taint by default); {} for none. env: a JSON object
+    k8s_gpu_toleration: dict[str, str] = Field(default_factory=lambda: {
+        "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    k8s_gpu_runtime_class: str | None = "nvidia"  # runtimeClassName of GPU pods; empty for the cluster's default
+    k8s_unschedulable_wait: float = 60.0  # how long a pod may stay unplaceable (a cluster autoscaler adding a node)
+    k8s_pull_token_ttl: int = 3600  # lifetime of a pod's pull-only credential for its one version
+    k8s_tmp_size: str = "1Gi"  # the size limit of each model pod's /tmp (an emptyDir; the root is read-only)
     allow_model_network: bool = False  # a spec's runtime.network: true is refused unless the operator allows it
     wake_timeout: float = 120.0
     # MODELHALL_RUNTIME=openfaas: each version an OpenFaaS function (adapters/runtimes/openfaas.py)
