@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = 4 * 1024 * 1024
     unpack_max_bytes: int = 20 * 1024**3
     unpack_max_members: int = 100_000
-    runtime: str = Field(default="local", pattern="^(local|kubernetes)$")
+    runtime: str = Field(default="local", pattern="^(local|kubernetes|openfaas)$")
     # --- MODELHALL_RUNTIME=kubernetes (adapters/runtimes/kubernetes.py) ---
     k8s_namespace: str = "modelhall-models"  # where every model's Deployment, Secret and NetworkPolicy live
     k8s_image: str = ""  # the model-server image, pinned by digest; its entry: python -m modelhall.showcase.bootstrap
@@ -84,16 +84,15 @@ class Settings(BaseSettings):
     k8s_tmp_size: str = "1Gi"  # the size limit of each model pod's /tmp (an emptyDir; the root is read-only)
     allow_model_network: bool = False  # a spec's runtime.network: true is refused unless the operator allows it
     wake_timeout: float = 120.0
-    # MODELHALL_RUNTIME=openfaas: each version an OpenFaaS function (adapters/runtimes/openfaas.py)
+    # --- MODELHALL_RUNTIME=openfaas (adapters/runtimes/openfaas.py); also uses k8s_image, k8s_registry_url,
+    # k8s_gpu_products, k8s_pull_token_ttl, and k8s_kubeconfig for scale to zero ---
     openfaas_gateway: str = "http://gateway.openfaas:8080"
     openfaas_username: str = "admin"
     openfaas_password: str = ""
     openfaas_namespace: str = Field(default="openfaas-fn", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    openfaas_image: str = "ghcr.io/modelhall/model-server:latest"
     openfaas_gpu_profile: str | None = None  # an OpenFaaS Profile granting GPUs; without one no GPU model runs
     openfaas_pro: bool = False  # OpenFaaS Pro's autoscaler is in charge of replicas (and of scale to zero)
-    openfaas_kubernetes: str = "auto"  # scale to zero through the Kubernetes API: auto | none | an API server URL
-    openfaas_credential_ttl: int = Field(default=3600, gt=0)  # seconds a function's pull credential is valid
+    openfaas_kubernetes: bool = True  # scale idle functions' Deployments to zero through the Kubernetes API
     reaper_interval: float = 5.0
     oidc_providers: list[OIDCProvider] = Field(default_factory=list)  # env: a JSON list
     session_max_age: int = 14 * 24 * 3600

@@ -47,12 +47,15 @@ def open_runtime(context: RegistryContext) -> Runtime:
     if settings.runtime == "openfaas":
         config = OpenFaaSConfig(gateway=settings.openfaas_gateway, username=settings.openfaas_username,
                                 password=settings.openfaas_password, namespace=settings.openfaas_namespace,
-                                image=settings.openfaas_image, registry_url=settings.url,
-                                gpu_profile=settings.openfaas_gpu_profile, pro=settings.openfaas_pro,
-                                allow_network=settings.allow_model_network)
+                                image=settings.k8s_image, registry_url=settings.k8s_registry_url or settings.url,
+                                gpu_profile=settings.openfaas_gpu_profile, gpu_products=settings.k8s_gpu_products,
+                                pro=settings.openfaas_pro, allow_network=settings.allow_model_network)
+        if not config.image:
+            raise ValueError("MODELHALL_RUNTIME=openfaas needs the model-server image: set MODELHALL_K8S_IMAGE")
         gateway = Gateway(config.gateway, config.username, config.password, config.namespace)
+        scaler = open_kubernetes_scaler(settings.k8s_kubeconfig) if settings.openfaas_kubernetes else None
         return OpenFaaSRuntime(config, gateway, environments=local, credentials=partial(pull_credential, context),
-                               scaler=open_kubernetes_scaler(settings.openfaas_kubernetes))
+                               scaler=scaler)
     raise ValueError(f"unsupported runtime {settings.runtime!r}: MODELHALL_RUNTIME is local or openfaas")
 
 

@@ -237,7 +237,7 @@ DEMO_PATH = re.compile(r"/live/(?P<repository>\d+)@(?P<digest>sha256:[0-9a-f]{64
 def pull_credential(context: RegistryContext, demo_path: str, digest: str) -> PullCredential:
     """A registry token that may pull from the one repository of the version at ``demo_path``, for a runtime
     whose model server fetches its bundle (OpenFaaS). Issued in the name of the repository's namespace
-    when that is a user (so private repositories can be pulled), for ``openfaas_credential_ttl`` seconds."""
+    when that is a user (so private repositories can be pulled), for ``k8s_pull_token_ttl`` seconds."""
     match = DEMO_PATH.fullmatch(demo_path)
     if match is None or match["digest"] != digest:
         raise ValueError("not the demo path of that version")
@@ -248,7 +248,7 @@ def pull_credential(context: RegistryContext, demo_path: str, digest: str) -> Pu
         owner = db.scalar(select(User).where(User.name == repository.namespace))
         token, _ = issue_registry_token(context.settings.signing_key, owner.name if owner else None,
                                         frozenset({"read"}), {repository.name: frozenset({"pull"})},
-                                        context.settings.openfaas_credential_ttl)
+                                        context.settings.k8s_pull_token_ttl)
         return PullCredential(repository.name, token)
 
 

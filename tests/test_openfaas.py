@@ -69,10 +69,12 @@ def gateway() -> Iterator[OpenFaaSGatewayDouble]:
 def runtime_for(double: OpenFaaSGatewayDouble, image: str = ECHO_IMAGE, gpu_profile: str | None = "gpu",
                 pro: bool = False, kubernetes: bool = True) -> OpenFaaSRuntime:
     config = OpenFaaSConfig(gateway=double.url, username="admin", password="secret", namespace="openfaas-fn",
-                            image=image, registry_url="http://registry.invalid", gpu_profile=gpu_profile, pro=pro)
+                            image=image, registry_url="http://registry.invalid", gpu_profile=gpu_profile,
+                            gpu_products={"a100-40gb": "NVIDIA-A100-SXM4-40GB"}, pro=pro)
+    kubeconfig = double.write_kubeconfig(double.root / "kubeconfig")
     return OpenFaaSRuntime(config, Gateway(double.url, "admin", "secret", "openfaas-fn"), NoEnvironments(),
                            credentials=lambda root, digest: PullCredential("alice/model", "pull-token"),
-                           scaler=open_kubernetes_scaler(double.url) if kubernetes else None)
+                           scaler=open_kubernetes_scaler(str(kubeconfig)) if kubernetes else None)
 
 
 def bundle_with(tmp_path: Path, extra: str) -> Path:
@@ -121,7 +123,7 @@ def test_a_second_start_updates_the_function_and_the_secret_in_place(gateway: Op
 
 def test_a_gpu_model_runs_on_the_gpu_nodes_through_the_configured_profile(gateway: OpenFaaSGatewayDouble,
                                                                            tmp_path: Path) -> None:
-    bundle = bundle_with(tmp_path, "resources: {gpu: {count: 1, type: NVIDIA-A100-SXM4-40GB}}\n")
+    bundle = bundle_with(tmp_path, "resources: {gpu: {count: 1, type: a100-40gb}}\n")  # a short name
     handle = runtime_for(gateway).start(bundle, Build("env", ""), DIGEST, ROOT_PATH)
     deployment = gateway.function(function_name(ROOT_PATH)).deployment  # type: ignore[union-attr]
     assert deployment.constraints == ["nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB"]
@@ -221,7 +223,7 @@ def test_the_gateway_double_clamps_scale_requests_as_community_edition_does(gate
 def test_kubernetes_scale_reaches_zero_where_the_gateway_cannot(gateway: OpenFaaSGatewayDouble) -> None:
     admin = httpx.Client(base_url=gateway.url, auth=("admin", "secret"), timeout=30)
     assert admin.post("/system/functions", json={"service": "fn", "image": ECHO_IMAGE}).status_code == 202
-    KubernetesScaler(gateway.url).scale("fn", "openfaas-fn", 0)
+    KubernetesScaler(str(gateway.write_kubeconfig(gateway.root / "kubeconfig"))).scale("fn", "openfaas-fn", 0)
     assert admin.get("/system/function/fn").json()["replicas"] == 0
     assert httpx.get(f"{gateway.url}/function/fn.openfaas-fn/", timeout=30).status_code == 200
     assert httpx.get(f"{gateway.url}/function/nope/", timeout=30).status_code == 404
@@ -234,8 +236,8 @@ def test_kubernetes_scale_reaches_zero_where_the_gateway_cannot(gateway: OpenFaa
 def openfaas_registry(gateway: OpenFaaSGatewayDouble, database_kind: str, tmp_path: Path) -> Iterator[RegistryServer]:
     yield from serve_registry(database_kind, tmp_path / "registry", {
         "MODELHALL_REAPER_INTERVAL": "0.5", "MODELHALL_RUNTIME": "openfaas", "MODELHALL_OPENFAAS_GATEWAY": gateway.url,
-        "MODELHALL_OPENFAAS_PASSWORD": "secret", "MODELHALL_OPENFAAS_IMAGE": MODEL_SERVER_IMAGE,
-        "MODELHALL_OPENFAAS_KUBERNETES": gateway.url})
+        "MODELHALL_OPENFAAS_PASSWORD": "secret", "MODELHALL_K8S_IMAGE": MODEL_SERVER_IMAGE,
+        "MODELHALL_K8S_KUBECONFIG": str(gateway.write_kubeconfig(tmp_path / "kubeconfig"))})
 
 
 def test_push_predict_sleep_and_wake_through_openfaas(openfaas_registry: RegistryServer,

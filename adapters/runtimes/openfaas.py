@@ -31,8 +31,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,6 +76,7 @@ class OpenFaaSConfig:
     image: str  # the model-server image
     registry_url: str  # where the image fetches bundles from
     gpu_profile: str | None = None  # an OpenFaaS Profile with GPU limits, tolerations, affinity
+    gpu_products: Mapping[str, str] = field(default_factory=dict)  # gpu.type short names → product label values
     pro: bool = False  # OpenFaaS Pro's autoscaler scales functions (to zero too)
     allow_network: bool = False
 
@@ -99,8 +100,8 @@ class KubernetesScaler:
 
     The client (a few seconds to import) is loaded on the first scale, not when the registry starts."""
 
-    def __init__(self, host: str | None = None):
-        self.host = host  # an API server that needs no credentials of its own; None: in-cluster or kubeconfig
+    def __init__(self, kubeconfig: str | None = None):
+        self.kubeconfig = kubeconfig  # None: the in-cluster service account, else ~/.kube/config
         self._apps: Any = None
 
     @property
@@ -108,16 +109,11 @@ class KubernetesScaler:
         if self._apps is None:
             from kubernetes import client, config
 
-            if self.host is None:
-                try:
-                    config.load_incluster_config()
-                except config.ConfigException:
-                    config.load_kube_config()
+            if self.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+                config.load_incluster_config()
                 api = client.ApiClient()
             else:
-                configuration = client.Configuration()
-                configuration.host = self.host
-                api = client.ApiClient(configuration)
+                api = config.new_client_from_config(config_file=self.kubeconfig)
             self._apps = client.AppsV1Api(api)
         return self._apps
 
@@ -125,16 +121,12 @@ class KubernetesScaler:
         self.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
 
 
-def open_kubernetes_scaler(setting: str) -> KubernetesScaler | None:
-    """Kubernetes access for scale to zero: ``auto`` (in-cluster, then a kubeconfig), ``none``, or the URL
-    of an API server that needs no credentials of its own (``kubectl proxy``)."""
-    if setting == "none":
-        return None
-    if setting != "auto":
-        return KubernetesScaler(setting)
-    in_cluster = os.environ.get("KUBERNETES_SERVICE_HOST") and Path(SERVICE_ACCOUNT_TOKEN).is_file()
-    kubeconfig = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
-    return KubernetesScaler() if in_cluster or kubeconfig.is_file() else None
+def open_kubernetes_scaler(kubeconfig: str | None) -> KubernetesScaler | None:
+    """Kubernetes access for scale to zero, if the registry has any: the in-cluster service account, or
+    a kubeconfig (``kubeconfig``, else ``~/.kube/config``)."""
+    in_cluster = kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and Path(SERVICE_ACCOUNT_TOKEN).is_file()
+    config_file = Path(kubeconfig or os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+    return KubernetesScaler(kubeconfig) if in_cluster or config_file.is_file() else None
 
 
 class Gateway:
@@ -196,12 +188,13 @@ def function_name(root_path: str) -> str:
     return "mh-" + hashlib.sha256(root_path.encode()).hexdigest()[:24]
 
 
-def gpu_constraints(spec: Spec) -> list[str]:
-    """The node selector for ``resources.gpu.type``. The type is the author's: anything but a label value
-    (a ``,`` or ``=`` that would add selectors of its own) is refused."""
-    gpu_type = spec.resources.gpu.type
-    if not gpu_type:
+def gpu_constraints(spec: Spec, products: Mapping[str, str]) -> list[str]:
+    """The node selector for ``resources.gpu.type`` (a short name from ``products``, or the label value itself).
+    The type is the author's: anything but a label value (a ``,`` or ``=`` that would add selectors of its
+    own) is refused."""
+    if not spec.resources.gpu.type:
         return []
+    gpu_type = products.get(spec.resources.gpu.type, spec.resources.gpu.type)
     if not LABEL_VALUE.fullmatch(gpu_type):
         raise UnschedulableError("resources.gpu.type must be a GPU product name as nodes label it "
                                  f"({GPU_PRODUCT_LABEL}: letters, digits, '-', '_' and '.', at most 63)")
@@ -268,7 +261,7 @@ class OpenFaaSRuntime:
             "labels": {"com.modelhall.managed": "true", **scale_labels(spec)},
             "annotations": {"com.modelhall.digest": digest,
                             **({PROFILE_ANNOTATION: self.config.gpu_profile} if gpu else {})},
-            "constraints": gpu_constraints(spec) if gpu else [],
+            "constraints": gpu_constraints(spec, self.config.gpu_products) if gpu else [],
             "requests": size, "limits": size, "readOnlyRootFilesystem": True,
         }
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+import yaml
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -155,6 +156,15 @@ class OpenFaaSGatewayDouble:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig for the Kubernetes side of this double (what the registry's client loads)."""
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "faas-netes",
+            "clusters": [{"name": "faas-netes", "cluster": {"server": self.url}}],
+            "users": [{"name": "registry", "user": {"token": "registry-token"}}],
+            "contexts": [{"name": "faas-netes", "context": {"cluster": "faas-netes", "user": "registry"}}]}))
+        return path
 
     def function(self, name: str, namespace: str = "openfaas-fn") -> Function | None:
         with self.lock:
