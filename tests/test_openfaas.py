@@ -191,6 +191,24 @@ def test_without_kubernetes_access_or_with_pro_in_charge_the_registry_keeps_its_
     assert not any(path.startswith("/apis/") for _, path, _ in gateway.requests)
 
 
+def test_a_function_removed_behind_the_registrys_back_is_not_alive(gateway: OpenFaaSGatewayDouble,
+                                                                   tmp_path: Path) -> None:
+    handle = runtime_for(gateway).start(bundle_with(tmp_path, ""), Build("env", ""), DIGEST, ROOT_PATH)
+    admin = httpx.Client(base_url=gateway.url, auth=("admin", "secret"))
+    delete = admin.request("DELETE", "/system/functions", json={"functionName": function_name(ROOT_PATH)})
+    assert delete.status_code == 200
+    assert not runtime_for(gateway).alive(handle)  # a fresh runtime: nothing cached
+
+
+def test_a_gateway_that_does_not_answer_leaves_the_functions_as_they_were(gateway: OpenFaaSGatewayDouble,
+                                                                         tmp_path: Path) -> None:
+    handle = runtime_for(gateway).start(bundle_with(tmp_path, ""), Build("env", ""), DIGEST, ROOT_PATH)
+    unreachable = runtime_for(gateway)
+    unreachable.gateway = Gateway("http://127.0.0.1:1", "admin", "secret", "openfaas-fn")
+    assert unreachable.alive(handle)  # not known dead: kept, and its calls fail on their own
+    assert "could not be read" in unreachable.logs(handle)
+
+
 # --- the double is as strict as the gateway --------------------------------------------------------
 
 

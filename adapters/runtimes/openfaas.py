@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ PROFILE_ANNOTATION = "com.openfaas.profile"
 CE_MAX_REPLICAS = 5  # the Community Edition gateway clamps scale requests to 1–5 (gateway/scaling/ranges.go)
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")  # a Kubernetes label value
 GATEWAY_TIMEOUT_SECONDS = 30.0
+ALIVE_CACHE_SECONDS = 2.0
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -219,6 +221,7 @@ class OpenFaaSRuntime:
         self.environments = environments
         self.credentials = credentials
         self.scaler = scaler
+        self._seen_alive: dict[str, float] = {}  # function → until when it counts as deployed
         if config.pro:
             logger.warning("OpenFaaS Pro scales the functions: the registry leaves replicas to its autoscaler")
         elif scaler is None:
@@ -280,8 +283,23 @@ class OpenFaaSRuntime:
         return WorkerHandle(f"{name}.{self.config.namespace}", f"{self.gateway.url}/function/{name}.{self.config.namespace}")
 
     def alive(self, worker: WorkerHandle) -> bool:
-        """Whether the function is deployed (at zero replicas it still is: the gateway wakes it)."""
-        return self.gateway.status(self._name(worker)) is not None
+        """Whether the function is deployed (at zero replicas it still is: the gateway wakes it).
+
+        Asked on every request: an answer is kept for ``ALIVE_CACHE_SECONDS``. A gateway that does not
+        answer says nothing about the function, which counts as alive (its calls will fail on their own)."""
+        name = self._name(worker)
+        if time.monotonic() < self._seen_alive.get(name, 0.0):
+            return True
+        try:
+            deployed = self.gateway.status(name) is not None
+        except (GatewayError, httpx.HTTPError) as error:
+            logger.warning("the OpenFaaS gateway could not tell whether %s is deployed: %s", name, error)
+            return True
+        if deployed:
+            self._seen_alive[name] = time.monotonic() + ALIVE_CACHE_SECONDS
+        else:
+            self._seen_alive.pop(name, None)
+        return deployed
 
     def stop(self, worker: WorkerHandle) -> None:
         """Scale the function's Deployment to zero where the registry may; otherwise it keeps its replica."""
