@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -24,6 +25,7 @@ from modelhall.adapters.runtimes.openfaas import (
     function_name,
     open_kubernetes_scaler,
 )
+from modelhall.registry.deployments import worker_client
 from modelhall.templates import template_path
 from openfaas_double import OpenFaaSGatewayDouble
 from test_runtime import predict, push, quick_hello, status, wait_for
@@ -189,6 +191,19 @@ def test_without_kubernetes_access_or_with_pro_in_charge_the_registry_keeps_its_
     runtime.stop(handle)
     assert gateway.function(function_name(ROOT_PATH)).replicas == 1  # type: ignore[union-attr]
     assert not any(path.startswith("/apis/") for _, path, _ in gateway.requests)
+
+
+def test_the_registry_reaches_a_function_under_its_gateway_path_with_paths_and_queries_as_encoded(
+        gateway: OpenFaaSGatewayDouble, tmp_path: Path) -> None:
+    handle = runtime_for(gateway).start(bundle_with(tmp_path, ""), Build("env", ""), DIGEST, ROOT_PATH)
+
+    async def ask() -> str:
+        async with worker_client(handle, timeout=30) as client, client.get("/gradio_api/a%2Fb?x=%2F&y=1") as answer:
+            return (await answer.json(content_type=None))["path"]
+
+    path, _, query = asyncio.run(ask()).partition("?")
+    assert path == "/gradio_api/a%2Fb"  # not /function/…, and not a/b
+    assert sorted(httpx.QueryParams(query).multi_items()) == [("x", "/"), ("y", "1")]
 
 
 def test_a_function_removed_behind_the_registrys_back_is_not_alive(gateway: OpenFaaSGatewayDouble,

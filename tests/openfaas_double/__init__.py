@@ -411,8 +411,10 @@ class OpenFaaSGatewayDouble:
         with self.lock:
             function.invocations += 1
         client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{pod.port}", timeout=None)
-        upstream = client.build_request(request.method, "/" + request.path_params.get("path", ""),
-                                        params=request.url.query, content=await request.body(),
+        raw_path = request.scope["raw_path"].decode()  # as the caller encoded it, less /function/{target}
+        path = "/" + raw_path.split("/", 3)[3] if raw_path.count("/") >= 3 else "/"
+        upstream = client.build_request(request.method, httpx.URL(path + (f"?{request.url.query}" if request.url.query else "")),
+                                        content=await request.body(),
                                         headers={k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP})
         try:
             answer = await client.send(upstream, stream=True)
