@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8600
 
-.PHONY: install demo test bench bench-registry bench-serve bench-runtime bench-gallery clean
+.PHONY: install demo test bench bench-registry bench-serve bench-runtime bench-gallery bench-kubernetes clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
-bench: bench-registry bench-serve bench-runtime bench-gallery
+bench: bench-registry bench-serve bench-runtime bench-gallery bench-kubernetes
 
 bench-registry: $(INSTALLED)
 	@command -v docker-registry >/dev/null || (echo "bench-registry compares against Debian's docker-registry: apt-get install docker-registry" && exit 1)
@@ -41,6 +41,9 @@ bench-runtime: $(INSTALLED)
 
 bench-gallery: $(INSTALLED)
 	$(BIN)/python bench/gallery_latency.py
+
+bench-kubernetes: $(INSTALLED)
+	$(BIN)/python bench/kubernetes_latency.py
 
 clean:
 	rm -rf $(VENV) .modelhall .bench *.egg-info

@@ -81,7 +81,6 @@ class Settings(BaseSettings):
     k8s_gpu_runtime_class: str | None = "nvidia"  # runtimeClassName of GPU pods; empty for the cluster's default
     k8s_unschedulable_wait: float = 60.0  # how long a pod may stay unplaceable (a cluster autoscaler adding a node)
     k8s_pull_token_ttl: int = 3600  # lifetime of a pod's pull-only credential for its one version
-    k8s_tmp_size: str = "1Gi"  # the size limit of each model pod's /tmp (an emptyDir; the root is read-only)
     allow_model_network: bool = False  # a spec's runtime.network: true is refused unless the operator allows it
     wake_timeout: float = 120.0
     # --- MODELHALL_RUNTIME=openfaas (adapters/runtimes/openfaas.py); also uses k8s_image, k8s_registry_url,

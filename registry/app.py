@@ -14,7 +14,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from modelhall.adapters.runtimes.base import Runtime
 from modelhall.adapters.runtimes.local import LocalRuntime
-from modelhall.adapters.runtimes.openfaas import Gateway, OpenFaaSConfig, OpenFaaSRuntime, open_kubernetes_scaler
+from modelhall.adapters.runtimes.openfaas import open_openfaas_runtime
 from modelhall.adapters.storage import open_blob_store
 from modelhall.registry import demo_origin, gateway
 from modelhall.registry.api import repos, runs, shares, tokens
@@ -26,7 +26,7 @@ from modelhall.registry.auth.principal import AuthenticationError
 from modelhall.registry.catalog import refresh_stale_catalogs
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
-from modelhall.registry.deployments import Deployments, pull_credential
+from modelhall.registry.deployments import Deployments
 from modelhall.registry.redaction import install_redaction
 from modelhall.registry.security_headers import SecurityHeaders
 from modelhall.registry.runs import AsyncRunner
@@ -39,24 +39,15 @@ from modelhall.settings import Settings, load_settings
 SESSION_COOKIE = "modelhall_session"
 
 
-def open_runtime(context: RegistryContext) -> Runtime:
-    settings = context.settings
+def open_runtime(settings: Settings) -> Runtime:
+    if settings.runtime == "kubernetes":
+        from modelhall.adapters.runtimes.kubernetes import KubernetesRuntime  # the client is imported only here
+
+        return KubernetesRuntime(settings)
     local = LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
-    if settings.runtime == "local":
-        return local
     if settings.runtime == "openfaas":
-        config = OpenFaaSConfig(gateway=settings.openfaas_gateway, username=settings.openfaas_username,
-                                password=settings.openfaas_password, namespace=settings.openfaas_namespace,
-                                image=settings.k8s_image, registry_url=settings.k8s_registry_url or settings.url,
-                                gpu_profile=settings.openfaas_gpu_profile, gpu_products=settings.k8s_gpu_products,
-                                pro=settings.openfaas_pro, allow_network=settings.allow_model_network)
-        if not config.image:
-            raise ValueError("MODELHALL_RUNTIME=openfaas needs the model-server image: set MODELHALL_K8S_IMAGE")
-        gateway = Gateway(config.gateway, config.username, config.password, config.namespace)
-        scaler = open_kubernetes_scaler(settings.k8s_kubeconfig) if settings.openfaas_kubernetes else None
-        return OpenFaaSRuntime(config, gateway, environments=local, credentials=partial(pull_credential, context),
-                               scaler=scaler)
-    raise ValueError(f"unsupported runtime {settings.runtime!r}: MODELHALL_RUNTIME is local or openfaas")
+        return open_openfaas_runtime(settings, environments=local)
+    return local
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -69,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               store=open_blob_store(settings.storage_url))
     with context.sessions() as db:
         refresh_stale_catalogs(db)
-    deployments = Deployments(context, open_runtime(context), wake_timeout=settings.wake_timeout)
+    deployments = Deployments(context, open_runtime(settings), wake_timeout=settings.wake_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections import defaultdict
 from contextlib import asynccontextmanager, contextmanager
@@ -35,13 +34,11 @@ from sqlalchemy.orm import Session
 from yarl import URL
 from starlette.concurrency import run_in_threadpool
 
-from modelhall.adapters.runtimes.base import Build, Runtime, UnschedulableError, WorkerHandle
-from modelhall.adapters.runtimes.openfaas import PullCredential
+from modelhall.adapters.runtimes.base import Build, Runtime, Target, UnschedulableError, WorkerHandle
 from modelhall.bundle import UnpackLimits, unpack_layers
 from modelhall.bundle.unpack import IteratorReader
 from modelhall.registry.context import RegistryContext
-from modelhall.registry.auth.tokens import issue_registry_token
-from modelhall.registry.db.models import Deployment, Manifest, Repository, User, Worker, utcnow
+from modelhall.registry.db.models import Deployment, Manifest, Repository, Worker, utcnow
 from modelhall.registry.metadata import insert_ignoring_duplicates
 from modelhall.registry.runs import JournalReader
 from modelhall.spec.model import Runtime as RuntimeSection, Scaling
@@ -229,27 +226,6 @@ class Version:
         """How long the gateway waits for one prediction: the spec's limit, which the worker enforces
         itself, and a margin for the answer to arrive; a worker that ignores its limit is cut off here."""
         return float(self.spec.get("runtime", {}).get("timeout", DEFAULT_CALL_SECONDS)) + CALL_TIMEOUT_MARGIN_SECONDS
-
-
-DEMO_PATH = re.compile(r"/live/(?P<repository>\d+)@(?P<digest>sha256:[0-9a-f]{64})")
-
-
-def pull_credential(context: RegistryContext, demo_path: str, digest: str) -> PullCredential:
-    """A registry token that may pull from the one repository of the version at ``demo_path``, for a runtime
-    whose model server fetches its bundle (OpenFaaS). Issued in the name of the repository's namespace
-    when that is a user (so private repositories can be pulled), for ``k8s_pull_token_ttl`` seconds."""
-    match = DEMO_PATH.fullmatch(demo_path)
-    if match is None or match["digest"] != digest:
-        raise ValueError("not the demo path of that version")
-    with context.sessions() as db:
-        repository = db.get(Repository, int(match["repository"]))
-        if repository is None:
-            raise ValueError("the version's repository no longer exists")
-        owner = db.scalar(select(User).where(User.name == repository.namespace))
-        token, _ = issue_registry_token(context.settings.signing_key, owner.name if owner else None,
-                                        frozenset({"read"}), {repository.name: frozenset({"pull"})},
-                                        context.settings.k8s_pull_token_ttl)
-        return PullCredential(repository.name, token)
 
 
 class Deployments:
@@ -454,7 +430,8 @@ class Deployments:
     async def _launch(self, deployment_id: int, version: Version) -> WorkerHandle:
         """Build if needed, start one worker and wait until it is ready; it joins the version's pool."""
         bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
-        handle = await run_in_threadpool(self.runtime.start, bundle, build, version.digest, version.demo_path)
+        target = Target(version.repository.id, version.repository.name, version.digest)
+        handle = await run_in_threadpool(self.runtime.start, bundle, build, target, version.demo_path)
         await run_in_threadpool(self._record_worker, deployment_id, handle, "starting")
         try:
             await self._wait_ready(handle)

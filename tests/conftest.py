@@ -35,7 +35,6 @@ from modelhall.settings import Settings
 POSTGRES_ADMIN_URL = os.environ.get("MODELHALL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI") == "true"
 MODELHALL = [sys.executable, "-m", "modelhall"]
-REGISTRY_START_SECONDS = 90  # a loaded CI machine takes 20-40 s to import and migrate
 
 
 def unavailable(reason: str) -> None:
@@ -98,7 +97,7 @@ class RegistryServer:
         log = (self.data_dir.parent / f"registry-{self.port}.log").open("ab")
         command = [*MODELHALL, "up", "--port", str(self.port), "--demo-port", str(self.demo_port)]
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + REGISTRY_START_SECONDS
+        deadline = time.monotonic() + 180  # a loaded CI machine (the Kubernetes client's import alone takes seconds)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the registry exited with {self.process.returncode}; see {log.name}")
@@ -107,7 +106,8 @@ class RegistryServer:
                 return
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError(f"the registry did not answer within {REGISTRY_START_SECONDS} s")
+        self.crash()  # not left running behind a failed fixture
+        raise RuntimeError("the registry did not answer within 180 s")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -14,14 +14,13 @@ import httpx
 import pytest
 
 from conftest import RegistryServer, serve_registry
-from modelhall.adapters.runtimes.base import Build, UnschedulableError
+from modelhall.adapters.runtimes.base import Build, Target, UnschedulableError
 from modelhall.adapters.runtimes.openfaas import (
     Gateway,
     KubernetesScaler,
     NoGPUProfileError,
     OpenFaaSConfig,
     OpenFaaSRuntime,
-    PullCredential,
     function_name,
     open_kubernetes_scaler,
 )
@@ -48,6 +47,7 @@ IMAGES = {ECHO_IMAGE: [sys.executable, "-c", ECHO],
           MODEL_SERVER_IMAGE: [sys.executable, str(Path(__file__).parent / "openfaas_double" / "model_server_image.py")]}
 DIGEST = "sha256:" + "ab" * 32
 ROOT_PATH = f"/live/7@{DIGEST}"
+TARGET = Target(7, "alice/model", DIGEST)
 GPU_NODE = {"kubernetes.io/os": "linux", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}
 
 
@@ -75,7 +75,7 @@ def runtime_for(double: OpenFaaSGatewayDouble, image: str = ECHO_IMAGE, gpu_prof
                             gpu_products={"a100-40gb": "NVIDIA-A100-SXM4-40GB"}, pro=pro)
     kubeconfig = double.write_kubeconfig(double.root / "kubeconfig")
     return OpenFaaSRuntime(config, Gateway(double.url, "admin", "secret", "openfaas-fn"), NoEnvironments(),
-                           credentials=lambda root, digest: PullCredential("alice/model", "pull-token"),
+                           credentials=lambda target: "pull-token",
                            scaler=open_kubernetes_scaler(str(kubeconfig)) if kubernetes else None)
 
 
@@ -93,8 +93,8 @@ def bundle_with(tmp_path: Path, extra: str) -> Path:
 def test_a_version_becomes_one_hardened_function_with_its_pull_secret(gateway: OpenFaaSGatewayDouble,
                                                                       tmp_path: Path) -> None:
     bundle = bundle_with(tmp_path, "resources: {cpu: 2, memory: 3Gi}\n")
-    handle = runtime_for(gateway).start(bundle, Build("env-1", ""), DIGEST, ROOT_PATH)
-    name = function_name(ROOT_PATH)
+    handle = runtime_for(gateway).start(bundle, Build("env-1", ""), TARGET, ROOT_PATH)
+    name = function_name(TARGET)
     assert handle.id == f"{name}.openfaas-fn"
     assert handle.endpoint == f"{gateway.url}/function/{name}.openfaas-fn"
     function = gateway.function(name)
@@ -115,8 +115,8 @@ def test_a_version_becomes_one_hardened_function_with_its_pull_secret(gateway: O
 def test_a_second_start_updates_the_function_and_the_secret_in_place(gateway: OpenFaaSGatewayDouble,
                                                                      tmp_path: Path) -> None:
     runtime = runtime_for(gateway)
-    first = runtime.start(bundle_with(tmp_path, ""), Build("env-1", ""), DIGEST, ROOT_PATH)
-    second = runtime.start(tmp_path / "bundle", Build("env-1", ""), DIGEST, ROOT_PATH)
+    first = runtime.start(bundle_with(tmp_path, ""), Build("env-1", ""), TARGET, ROOT_PATH)
+    second = runtime.start(tmp_path / "bundle", Build("env-1", ""), TARGET, ROOT_PATH)
     assert first == second
     calls = [(method, path) for method, path, _ in gateway.requests]
     assert calls == [("PUT", "/system/secrets"), ("POST", "/system/secrets"), ("POST", "/system/functions"),
@@ -126,8 +126,8 @@ def test_a_second_start_updates_the_function_and_the_secret_in_place(gateway: Op
 def test_a_gpu_model_runs_on_the_gpu_nodes_through_the_configured_profile(gateway: OpenFaaSGatewayDouble,
                                                                            tmp_path: Path) -> None:
     bundle = bundle_with(tmp_path, "resources: {gpu: {count: 1, type: a100-40gb}}\n")  # a short name
-    handle = runtime_for(gateway).start(bundle, Build("env", ""), DIGEST, ROOT_PATH)
-    deployment = gateway.function(function_name(ROOT_PATH)).deployment  # type: ignore[union-attr]
+    handle = runtime_for(gateway).start(bundle, Build("env", ""), TARGET, ROOT_PATH)
+    deployment = gateway.function(function_name(TARGET)).deployment  # type: ignore[union-attr]
     assert deployment.constraints == ["nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB"]
     assert (deployment.annotations or {})["com.openfaas.profile"] == "gpu"
     assert httpx.get(f"{handle.endpoint}/healthz", timeout=30).status_code == 200  # scheduled on the GPU node
@@ -137,7 +137,7 @@ def test_a_gpu_model_without_a_gpu_profile_is_unschedulable_and_deploys_nothing(
                                                                                 tmp_path: Path) -> None:
     bundle = bundle_with(tmp_path, "resources: {gpu: {count: 1}}\n")
     with pytest.raises(NoGPUProfileError, match="OpenFaaS Profile.*MODELHALL_OPENFAAS_GPU_PROFILE"):
-        runtime_for(gateway, gpu_profile=None).start(bundle, Build("env", ""), DIGEST, ROOT_PATH)
+        runtime_for(gateway, gpu_profile=None).start(bundle, Build("env", ""), TARGET, ROOT_PATH)
     assert gateway.requests == [] and gateway.functions == {}
 
 
@@ -146,7 +146,7 @@ def test_a_hostile_gpu_type_cannot_add_node_selectors(gateway: OpenFaaSGatewayDo
                                                       gpu_type: str) -> None:
     bundle = bundle_with(tmp_path, f'resources: {{"gpu": {{"count": 1, "type": {json.dumps(gpu_type)}}}}}\n')
     with pytest.raises(UnschedulableError, match="GPU product name"):
-        runtime_for(gateway).start(bundle, Build("env", ""), DIGEST, ROOT_PATH)
+        runtime_for(gateway).start(bundle, Build("env", ""), TARGET, ROOT_PATH)
     assert gateway.functions == {}
 
 
@@ -156,9 +156,9 @@ def test_scaling_max_beyond_what_community_edition_runs_is_reported(gateway: Ope
     spec = (bundle / "modelhall.yaml").read_text().replace("max: 1,", "max: 8,")
     (bundle / "modelhall.yaml").write_text(spec)
     with caplog.at_level(logging.WARNING):
-        runtime_for(gateway).start(bundle, Build("env", ""), DIGEST, ROOT_PATH)
+        runtime_for(gateway).start(bundle, Build("env", ""), TARGET, ROOT_PATH)
     assert "up to 8 replicas" in caplog.text and "at most 5" in caplog.text
-    labels = gateway.function(function_name(ROOT_PATH)).deployment.labels  # type: ignore[union-attr]
+    labels = gateway.function(function_name(TARGET)).deployment.labels  # type: ignore[union-attr]
     assert labels is not None and labels["com.openfaas.scale.max"] == "8"  # not silently cut
 
 
@@ -168,8 +168,8 @@ def test_scaling_max_beyond_what_community_edition_runs_is_reported(gateway: Ope
 def test_idle_functions_go_to_zero_through_kubernetes_and_the_gateway_wakes_them(gateway: OpenFaaSGatewayDouble,
                                                                                  tmp_path: Path) -> None:
     runtime = runtime_for(gateway)
-    handle = runtime.start(bundle_with(tmp_path, ""), Build("env", ""), DIGEST, ROOT_PATH)
-    name = function_name(ROOT_PATH)
+    handle = runtime.start(bundle_with(tmp_path, ""), Build("env", ""), TARGET, ROOT_PATH)
+    name = function_name(TARGET)
     assert httpx.get(f"{handle.endpoint}/x?y=1", timeout=30).json()["path"] == "/x?y=1"
     [pid] = gateway.processes(name)
     runtime.stop(handle)
@@ -187,15 +187,15 @@ def test_without_kubernetes_access_or_with_pro_in_charge_the_registry_keeps_its_
     with caplog.at_level(logging.WARNING):
         runtime = runtime_for(gateway, pro=pro, kubernetes=kubernetes)
     assert ("OpenFaaS Pro scales" if pro else "no Kubernetes access") in caplog.text
-    handle = runtime.start(bundle_with(tmp_path, ""), Build("env", ""), DIGEST, ROOT_PATH)
+    handle = runtime.start(bundle_with(tmp_path, ""), Build("env", ""), TARGET, ROOT_PATH)
     runtime.stop(handle)
-    assert gateway.function(function_name(ROOT_PATH)).replicas == 1  # type: ignore[union-attr]
+    assert gateway.function(function_name(TARGET)).replicas == 1  # type: ignore[union-attr]
     assert not any(path.startswith("/apis/") for _, path, _ in gateway.requests)
 
 
 def test_the_registry_reaches_a_function_under_its_gateway_path_with_paths_and_queries_as_encoded(
         gateway: OpenFaaSGatewayDouble, tmp_path: Path) -> None:
-    handle = runtime_for(gateway).start(bundle_with(tmp_path, ""), Build("env", ""), DIGEST, ROOT_PATH)
+    handle = runtime_for(gateway).start(bundle_with(tmp_path, ""), Build("env", ""), TARGET, ROOT_PATH)
 
     async def ask() -> str:
         async with worker_client(handle, timeout=30) as client, client.get("/gradio_api/a%2Fb?x=%2F&y=1") as answer:
@@ -208,16 +208,16 @@ def test_the_registry_reaches_a_function_under_its_gateway_path_with_paths_and_q
 
 def test_a_function_removed_behind_the_registrys_back_is_not_alive(gateway: OpenFaaSGatewayDouble,
                                                                    tmp_path: Path) -> None:
-    handle = runtime_for(gateway).start(bundle_with(tmp_path, ""), Build("env", ""), DIGEST, ROOT_PATH)
+    handle = runtime_for(gateway).start(bundle_with(tmp_path, ""), Build("env", ""), TARGET, ROOT_PATH)
     admin = httpx.Client(base_url=gateway.url, auth=("admin", "secret"))
-    delete = admin.request("DELETE", "/system/functions", json={"functionName": function_name(ROOT_PATH)})
+    delete = admin.request("DELETE", "/system/functions", json={"functionName": function_name(TARGET)})
     assert delete.status_code == 200
     assert not runtime_for(gateway).alive(handle)  # a fresh runtime: nothing cached
 
 
 def test_a_gateway_that_does_not_answer_leaves_the_functions_as_they_were(gateway: OpenFaaSGatewayDouble,
                                                                          tmp_path: Path) -> None:
-    handle = runtime_for(gateway).start(bundle_with(tmp_path, ""), Build("env", ""), DIGEST, ROOT_PATH)
+    handle = runtime_for(gateway).start(bundle_with(tmp_path, ""), Build("env", ""), TARGET, ROOT_PATH)
     unreachable = runtime_for(gateway)
     unreachable.gateway = Gateway("http://127.0.0.1:1", "admin", "secret", "openfaas-fn")
     assert unreachable.alive(handle)  # not known dead: kept, and its calls fail on their own

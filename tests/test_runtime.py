@@ -30,6 +30,26 @@ def runtime_registry(database_kind: str, tmp_path: Path) -> Iterator[RegistrySer
     yield from serve_registry(database_kind, tmp_path / "registry", {"MODELHALL_REAPER_INTERVAL": "0.5"})
 
 
+@pytest.fixture(params=["local", "kubernetes"])
+def any_runtime_registry(request: pytest.FixtureRequest, database_kind: str,
+                         tmp_path: Path) -> Iterator[RegistryServer]:
+    """The runtime protocol's shared suite: a registry on the local runtime, and one on the Kubernetes runtime
+    against the Kubernetes API test double (with SQLite only: the database is not what differs)."""
+    if request.param == "local":
+        yield from serve_registry(database_kind, tmp_path / "registry", {"MODELHALL_REAPER_INTERVAL": "0.5"})
+        return
+    if database_kind != "sqlite":
+        pytest.skip("the Kubernetes runtime's shared suite runs on SQLite")
+    from kubernetes_double import KubernetesDouble
+
+    (tmp_path / "double").mkdir()
+    with KubernetesDouble(tmp_path / "double") as double:
+        yield from serve_registry("sqlite", tmp_path / "registry", {
+            "MODELHALL_REAPER_INTERVAL": "0.5", "MODELHALL_RUNTIME": "kubernetes",
+            "MODELHALL_K8S_KUBECONFIG": str(double.kubeconfig), "MODELHALL_K8S_NAMESPACE": double.namespace,
+            "MODELHALL_K8S_IMAGE": "registry.example/modelhall/model-server@sha256:" + "1" * 64})
+
+
 def quick_hello(tmp_path: Path, idle_timeout: int = IDLE_TIMEOUT, model: str | None = None,
                 scaling: str = "") -> Path:
     """The hello template with a short idle timeout; ``model`` replaces its predict.py, and
@@ -141,33 +161,33 @@ def test_callers_waiting_for_a_model_to_wake_hold_no_database_connection(runtime
         assert [answer.result().status_code for answer in answers] == [200] * callers
 
 
-def test_the_demo_through_the_gateway_with_gradio_client(runtime_registry: RegistryServer, tmp_path: Path) -> None:
-    user, _, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "via-gateway")
+def test_the_demo_through_the_gateway_with_gradio_client(any_runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, _, digest = push(any_runtime_registry, quick_hello(tmp_path, idle_timeout=300), "via-gateway")
     # the gateway holds the first call while the model wakes: allow for it
-    client = Client(f"{runtime_registry.demo_url}/demo/{user}/via-gateway/", verbose=False,
+    client = Client(f"{any_runtime_registry.demo_url}/demo/{user}/via-gateway/", verbose=False,
                     download_files=str(tmp_path / "downloads"), httpx_kwargs={"timeout": 120})
     assert client.predict("Cy", "excited", api_name="/predict") == "Hello, Cy!!"
-    config = httpx.get(f"{runtime_registry.demo_url}/demo/{user}/via-gateway/config").json()
-    assert re.fullmatch(rf"{runtime_registry.demo_url}/live/\d+@{digest}", config["root"])  # one prefix per version
+    config = httpx.get(f"{any_runtime_registry.demo_url}/demo/{user}/via-gateway/config").json()
+    assert re.fullmatch(rf"{any_runtime_registry.demo_url}/live/\d+@{digest}", config["root"])  # one prefix per version
 
 
-def test_a_version_by_tag_or_digest(runtime_registry: RegistryServer, tmp_path: Path) -> None:
-    user, _, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "pinned")
-    by_digest = http(runtime_registry.url).post(f"/api/v1/repos/{user}/pinned@{digest}/predict",
+def test_a_version_by_tag_or_digest(any_runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, _, digest = push(any_runtime_registry, quick_hello(tmp_path, idle_timeout=300), "pinned")
+    by_digest = http(any_runtime_registry.url).post(f"/api/v1/repos/{user}/pinned@{digest}/predict",
                                                 json={"inputs": {"name": "D"}}, timeout=120)
     assert by_digest.json()["digest"] == digest
-    missing = http(runtime_registry.url).post(f"/api/v1/repos/{user}/pinned@v9/predict", json={"inputs": {}})
+    missing = http(any_runtime_registry.url).post(f"/api/v1/repos/{user}/pinned@v9/predict", json={"inputs": {}})
     assert (missing.status_code, missing.json()["detail"]) == (404, f"{user}/pinned has no version v9")
 
 
-def test_private_models_are_invisible_through_the_gateway(runtime_registry: RegistryServer, tmp_path: Path) -> None:
-    user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "secret", public=False)
-    assert predict(runtime_registry, f"{user}/secret", "x").status_code == 404
-    assert httpx.get(f"{runtime_registry.url}/demo/{user}/secret/").status_code == 404
-    assert httpx.get(f"{runtime_registry.demo_url}/demo/{user}/secret/").status_code == 404
-    _, stranger = runtime_registry.user()
-    assert predict(runtime_registry, f"{user}/secret", "x", stranger).status_code == 404
-    assert predict(runtime_registry, f"{user}/secret", "Owner", token).json()["outputs"] == {
+def test_private_models_are_invisible_through_the_gateway(any_runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, token, _ = push(any_runtime_registry, quick_hello(tmp_path, idle_timeout=300), "secret", public=False)
+    assert predict(any_runtime_registry, f"{user}/secret", "x").status_code == 404
+    assert httpx.get(f"{any_runtime_registry.url}/demo/{user}/secret/").status_code == 404
+    assert httpx.get(f"{any_runtime_registry.demo_url}/demo/{user}/secret/").status_code == 404
+    _, stranger = any_runtime_registry.user()
+    assert predict(any_runtime_registry, f"{user}/secret", "x", stranger).status_code == 404
+    assert predict(any_runtime_registry, f"{user}/secret", "Owner", token).json()["outputs"] == {
         "greeting": "Hello, Owner."}
 
 
@@ -190,29 +210,29 @@ def test_api_clients_that_ask_not_to_wait_get_a_retry_after(runtime_registry: Re
     assert (response.status_code, response.json()["status"], response.headers["retry-after"]) == (503, "starting", "2")
 
 
-def test_a_model_that_fails_to_load_reports_why(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+def test_a_model_that_fails_to_load_reports_why(any_runtime_registry: RegistryServer, tmp_path: Path) -> None:
     bundle = quick_hello(tmp_path)
     (bundle / "predict.py").write_text("raise OSError('weights are corrupt')\n")
-    user, _, _ = push(runtime_registry, bundle, "broken")
-    response = predict(runtime_registry, f"{user}/broken", "x")
+    user, _, _ = push(any_runtime_registry, bundle, "broken")
+    response = predict(any_runtime_registry, f"{user}/broken", "x")
     assert response.status_code == 502
     assert "the model failed to load: OSError: weights are corrupt" in response.json()["detail"]
-    assert status(runtime_registry, f"{user}/broken")["state"] == "failed"
+    assert status(any_runtime_registry, f"{user}/broken")["state"] == "failed"
 
 
-def test_a_failed_build_is_reported_and_the_previous_version_keeps_serving(runtime_registry: RegistryServer,
+def test_a_failed_build_is_reported_and_the_previous_version_keeps_serving(any_runtime_registry: RegistryServer,
                                                                            tmp_path: Path) -> None:
-    user, token, first = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "builds")
-    assert predict(runtime_registry, f"{user}/builds", "one").status_code == 200
+    user, token, first = push(any_runtime_registry, quick_hello(tmp_path, idle_timeout=300), "builds")
+    assert predict(any_runtime_registry, f"{user}/builds", "one").status_code == 200
     broken = quick_hello(tmp_path / "v2")
     (broken / "requirements.txt").write_text("-r elsewhere.txt\n")
     with pack_bundle(broken) as packed:
-        push_packed(http(runtime_registry.url, token), f"{user}/builds", "v2", packed)
-    failed = http(runtime_registry.url).post(f"/api/v1/repos/{user}/builds@v2/predict", json={"inputs": {"name": "x"}},
+        push_packed(http(any_runtime_registry.url, token), f"{user}/builds", "v2", packed)
+    failed = http(any_runtime_registry.url).post(f"/api/v1/repos/{user}/builds@v2/predict", json={"inputs": {"name": "x"}},
                                              timeout=60)
     assert failed.status_code == 502
     assert "build failed: requirements.txt:1: options such as -r are not supported" in failed.json()["detail"]
-    assert predict(runtime_registry, f"{user}/builds", "still").json()["digest"] == first
+    assert predict(any_runtime_registry, f"{user}/builds", "still").json()["digest"] == first
 
 
 def test_a_crashed_registry_adopts_its_running_workers(runtime_registry: RegistryServer, tmp_path: Path) -> None:
@@ -304,18 +324,18 @@ def runs_of(registry: RegistryServer, repository: str, token: str | None = None,
     return http(registry.url, token).get(f"/api/v1/repos/{repository}/runs", params=filters).json()
 
 
-def test_every_prediction_is_in_the_run_history(runtime_registry: RegistryServer, tmp_path: Path) -> None:
-    user, token, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "history")
+def test_every_prediction_is_in_the_run_history(any_runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, token, digest = push(any_runtime_registry, quick_hello(tmp_path, idle_timeout=300), "history")
     repository = f"{user}/history"
-    assert predict(runtime_registry, repository, "Ann", token).status_code == 200  # wakes it: cold
-    assert predict(runtime_registry, repository, "Ben", token).status_code == 200
-    failed = http(runtime_registry.url).post(f"/api/v1/repos/{repository}/predict",
+    assert predict(any_runtime_registry, repository, "Ann", token).status_code == 200  # wakes it: cold
+    assert predict(any_runtime_registry, repository, "Ben", token).status_code == 200
+    failed = http(any_runtime_registry.url).post(f"/api/v1/repos/{repository}/predict",
                                              json={"inputs": {"name": "x" * 101}})
     assert failed.status_code == 422
-    Client(f"{runtime_registry.demo_url}/demo/{repository}/", verbose=False, download_files=str(tmp_path / "dl"),
+    Client(f"{any_runtime_registry.demo_url}/demo/{repository}/", verbose=False, download_files=str(tmp_path / "dl"),
            httpx_kwargs={"timeout": 120}).predict("Cat", "excited", api_name="/predict")
-    wait_for(lambda: len(runs_of(runtime_registry, repository, token)) == 4, "four runs recorded")
-    newest_first = runs_of(runtime_registry, repository, token)
+    wait_for(lambda: len(runs_of(any_runtime_registry, repository, token)) == 4, "four runs recorded")
+    newest_first = runs_of(any_runtime_registry, repository, token)
     demo, refused, warm, cold = newest_first
     assert (cold["source"], cold["status"], cold["cold"], cold["caller"]) == ("api", "succeeded", True, user)
     assert (cold["inputs"], cold["outputs"], cold["digest"]) == ({"name": "Ann", "style": "plain"},
@@ -324,11 +344,11 @@ def test_every_prediction_is_in_the_run_history(runtime_registry: RegistryServer
     assert (refused["status"], refused["caller"], refused["caller_hidden"]) == ("failed", None, False)
     assert "name: must be at most 100 characters" in refused["error"]
     assert (demo["source"], demo["outputs"]) == ("demo", {"greeting": "Hello, Cat!!"})
-    assert [r["id"] for r in runs_of(runtime_registry, repository, token, status="failed")] == [refused["id"]]
-    assert [r["id"] for r in runs_of(runtime_registry, repository, token, source="demo")] == [demo["id"]]
-    _, stranger = runtime_registry.user()
-    assert http(runtime_registry.url, stranger).get(f"/api/v1/repos/{repository}/runs").status_code == 403
-    seen_by_stranger = http(runtime_registry.url, stranger).get(f"/api/v1/repos/{repository}/runs/{cold['id']}")
+    assert [r["id"] for r in runs_of(any_runtime_registry, repository, token, status="failed")] == [refused["id"]]
+    assert [r["id"] for r in runs_of(any_runtime_registry, repository, token, source="demo")] == [demo["id"]]
+    _, stranger = any_runtime_registry.user()
+    assert http(any_runtime_registry.url, stranger).get(f"/api/v1/repos/{repository}/runs").status_code == 403
+    seen_by_stranger = http(any_runtime_registry.url, stranger).get(f"/api/v1/repos/{repository}/runs/{cold['id']}")
     assert (seen_by_stranger.json()["caller"], seen_by_stranger.json()["caller_hidden"]) == (None, True)
 
 
@@ -375,15 +395,15 @@ def test_queued_runs_survive_a_registry_restart(runtime_registry: RegistryServer
         "greeting": "Hello, Later."}
 
 
-def test_logs_of_the_build_and_the_worker_are_for_writers_only(runtime_registry: RegistryServer,
+def test_logs_of_the_build_and_the_worker_are_for_writers_only(any_runtime_registry: RegistryServer,
                                                               tmp_path: Path) -> None:
-    user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "logged")
-    assert predict(runtime_registry, f"{user}/logged", "x").status_code == 200
-    owner = http(runtime_registry.url, token)
+    user, token, _ = push(any_runtime_registry, quick_hello(tmp_path, idle_timeout=300), "logged")
+    assert predict(any_runtime_registry, f"{user}/logged", "x").status_code == 200
+    owner = http(any_runtime_registry.url, token)
     assert "hello" in owner.get(f"/api/v1/repos/{user}/logged/deployment/logs").text
     assert owner.get(f"/api/v1/repos/{user}/logged/deployment/logs", params={"build": "true"}).status_code == 200
-    _, stranger = runtime_registry.user()
-    assert http(runtime_registry.url, stranger).get(f"/api/v1/repos/{user}/logged/deployment/logs").status_code == 403
+    _, stranger = any_runtime_registry.user()
+    assert http(any_runtime_registry.url, stranger).get(f"/api/v1/repos/{user}/logged/deployment/logs").status_code == 403
 
 
 def test_runs_and_logs_in_the_terminal(runtime_registry: RegistryServer, tmp_path: Path) -> None:
@@ -399,16 +419,16 @@ def test_runs_and_logs_in_the_terminal(runtime_registry: RegistryServer, tmp_pat
     assert refused.returncode == 1 and "Not logged in" in refused.stderr
 
 
-def test_beyond_the_concurrency_limit_and_queue_callers_get_429(runtime_registry: RegistryServer,
+def test_beyond_the_concurrency_limit_and_queue_callers_get_429(any_runtime_registry: RegistryServer,
                                                                tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     bundle = quick_hello(tmp_path, idle_timeout=300, scaling=", concurrency: 1, queue: 1",
                          model="import time\n\ndef predict(name, style='plain'):\n    time.sleep(1.5)\n    return name\n")
-    user, _, _ = push(runtime_registry, bundle, "busy")
-    assert predict(runtime_registry, f"{user}/busy", "warm-up").status_code == 200
+    user, _, _ = push(any_runtime_registry, bundle, "busy")
+    assert predict(any_runtime_registry, f"{user}/busy", "warm-up").status_code == 200
     with ThreadPoolExecutor(max_workers=4) as pool:
-        responses = list(pool.map(lambda i: predict(runtime_registry, f"{user}/busy", f"n{i}"), range(4)))
+        responses = list(pool.map(lambda i: predict(any_runtime_registry, f"{user}/busy", f"n{i}"), range(4)))
     codes = sorted(r.status_code for r in responses)
     assert codes == [200, 200, 429, 429]
     refused = next(r for r in responses if r.status_code == 429)

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import RegistryServer, serve_registry, unavailable
+from modelhall.adapters.runtimes.base import Target
 from modelhall.adapters.runtimes.environments import EnvironmentBuildError
 from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.runtimes.sandbox import bwrap_path, cgroup_parent, sandbox_warning
@@ -388,7 +389,7 @@ def test_a_models_processes_end_with_its_worker_even_those_that_left_its_session
                                           f"'import time; time.sleep(1000)  # {token}'], start_new_session=True)\n\n"
                                           "def predict(name, style='plain'):\n    return name\n")
     runtime = LocalRuntime(tmp_path / "data")
-    worker = runtime.start(bundle, runtime.build(bundle), "sha256:" + "0" * 64, "/live/test")
+    worker = runtime.start(bundle, runtime.build(bundle), Target(1, "test/model", "sha256:" + "0" * 64), "/live/test")
     with httpx.Client(transport=httpx.HTTPTransport(uds=worker.unix_socket), base_url="http://worker") as client:
         assert client.get("/healthz", params={"wait": 60}, timeout=90).status_code == 200
     wait_for(lambda: processes_mentioning(token), "the daemon starting")

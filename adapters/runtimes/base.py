@@ -5,7 +5,8 @@ decided by the registry (``registry/deployments.py``), which keeps that state in
 database. Contract:
 
 - ``build`` is idempotent: the same bundle and requirements give the same environment.
-- ``start`` returns at once with a handle; the worker is ready when its ``/healthz`` says so.
+- ``start`` returns a handle once the worker has an endpoint: at once for a local process, once its pod
+  is Ready (or has given up starting) in a cluster; the worker is ready when its ``/healthz`` says so.
 - A handle is an opaque id (the runtime's own: a process here, a pod in a cluster) and the
   endpoint the worker answers HTTP on (``unix:/path`` here, ``http://pod-address:port`` in a
   cluster). ``alive`` and ``stop`` work on handles from an earlier registry process too, so
@@ -37,6 +38,15 @@ class WorkerHandle:
 
 
 @dataclass(frozen=True)
+class Target:
+    """The version a worker serves: the repository (its id, for labels; its name, for pulling) and the digest."""
+
+    repository_id: int
+    repository: str
+    digest: str
+
+
+@dataclass(frozen=True)
 class Build:
     environment: str
     log: str
@@ -45,7 +55,7 @@ class Build:
 class Runtime(Protocol):
     def build(self, bundle: Path) -> Build: ...
 
-    def start(self, bundle: Path, build: Build, digest: str, root_path: str) -> WorkerHandle:
+    def start(self, bundle: Path, build: Build, target: Target, root_path: str) -> WorkerHandle:
         """Start a worker; ``root_path`` is the public path prefix its demo is served under."""
 
     def alive(self, worker: WorkerHandle) -> bool: ...

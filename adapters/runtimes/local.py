@@ -37,7 +37,7 @@ import time
 import uuid
 from pathlib import Path
 
-from modelhall.adapters.runtimes.base import Build, UnschedulableError, WorkerHandle
+from modelhall.adapters.runtimes.base import Build, Target, UnschedulableError, WorkerHandle
 from modelhall.adapters.runtimes.environments import (
     EnvironmentBuilder,
     EnvironmentSpec,
@@ -146,7 +146,8 @@ class LocalRuntime:
             self._gpu_holders[gpu] = worker
         return free[:wanted]
 
-    def start(self, bundle: Path, build: Build, digest: str, root_path: str) -> WorkerHandle:
+    def start(self, bundle: Path, build: Build, target: Target, root_path: str) -> WorkerHandle:
+        digest = target.digest
         spec = load_spec_file(bundle)
         network = self._network(spec)  # refused before anything is set up for the worker
         name = f"{digest.split(':')[-1][:12]}-{uuid.uuid4().hex[:6]}"

@@ -19,9 +19,9 @@ API; the gateway's own scale-from-zero wakes it on the next invocation. With no 
 idle function keeps one replica; with OpenFaaS Pro in charge (``MODELHALL_OPENFAAS_PRO``) its
 autoscaler does the scaling and the registry leaves it alone.
 
-The model-server image fetches its bundle and environment by digest from the registry, with the
-pull-only credential for that one version that it finds in the function's secret
-(``/var/openfaas/secrets/<secret>``). The environment variables below are that contract.
+The model-server image (``python -m modelhall.showcase.bootstrap``) fetches its bundle by digest from
+the registry with the version pull token it reads from the function's secret
+(``MODELHALL_PULL_TOKEN_FILE``, under ``/var/openfaas/secrets``), and listens on port 8080.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from modelhall.adapters.runtimes.base import Build, UnschedulableError, WorkerHandle
+from modelhall.adapters.runtimes.base import Build, Target, UnschedulableError, WorkerHandle
+from modelhall.settings import Settings
 from modelhall.spec import Spec, load_spec_file
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ CE_MAX_REPLICAS = 5  # the Community Edition gateway clamps scale requests to 1â
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")  # a Kubernetes label value
 GATEWAY_TIMEOUT_SECONDS = 30.0
 ALIVE_CACHE_SECONDS = 2.0
+SECRETS_DIR = "/var/openfaas/secrets"  # where OpenFaaS mounts a function's secrets
+FUNCTION_PORT = 8080  # where OpenFaaS expects a function to listen
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -81,14 +84,6 @@ class OpenFaaSConfig:
     gpu_products: Mapping[str, str] = field(default_factory=dict)  # gpu.type short names â†’ product label values
     pro: bool = False  # OpenFaaS Pro's autoscaler scales functions (to zero too)
     allow_network: bool = False
-
-
-@dataclass(frozen=True)
-class PullCredential:
-    """A short-lived, pull-only credential for the one repository that holds a version."""
-
-    repository: str
-    token: str
 
 
 class DeploymentScaler(Protocol):
@@ -184,10 +179,10 @@ class Gateway:
         return lines[-tail:]
 
 
-def function_name(root_path: str) -> str:
+def function_name(target: Target) -> str:
     """The version's function: the same name for the same version, so a restarted registry finds it again
-    (a DNS label, as OpenFaaS requires; ``root_path`` names the repository and the digest)."""
-    return "mh-" + hashlib.sha256(root_path.encode()).hexdigest()[:24]
+    (a DNS label, as OpenFaaS requires)."""
+    return "mh-" + hashlib.sha256(f"{target.repository_id}@{target.digest}".encode()).hexdigest()[:24]
 
 
 def gpu_constraints(spec: Spec, products: Mapping[str, str]) -> list[str]:
@@ -213,9 +208,9 @@ def scale_labels(spec: Spec) -> dict[str, str]:
 
 class OpenFaaSRuntime:
     def __init__(self, config: OpenFaaSConfig, gateway: Gateway, environments: Any,
-                 credentials: Callable[[str, str], PullCredential], scaler: DeploymentScaler | None):
+                 credentials: Callable[[Target], str], scaler: DeploymentScaler | None):
         """``environments`` builds a version's environment (``build``, ``build_log``), ``credentials`` issues
-        the pull credential for a version (its demo path and digest), ``scaler`` is the Kubernetes access, if any."""
+        the version pull token for a target, ``scaler`` is the Kubernetes access, if any."""
         self.config = config
         self.gateway = gateway
         self.environments = environments
@@ -250,32 +245,31 @@ class OpenFaaSRuntime:
             logger.warning("%s asks for up to %d replicas (scaling.max); OpenFaaS Community Edition runs at most %d",
                            spec.name, spec.scaling.max, CE_MAX_REPLICAS)
 
-    def function(self, name: str, spec: Spec, build: Build, digest: str, root_path: str,
-                 credential: PullCredential) -> dict[str, Any]:
+    def function(self, name: str, spec: Spec, target: Target, root_path: str) -> dict[str, Any]:
         """The FunctionDeployment the gateway receives for this version."""
         gpu = bool(spec.resources.gpu.count and self.config.gpu_profile)
         size = {"cpu": f"{spec.resources.cpu:g}", "memory": str(spec.resources.memory)}
         return {
             "service": name, "namespace": self.config.namespace, "image": self.config.image,
-            "envVars": {"MODELHALL_REGISTRY_URL": self.config.registry_url, "MODELHALL_REPOSITORY": credential.repository,
-                        "MODELHALL_DIGEST": digest, "MODELHALL_ENVIRONMENT": build.environment,
-                        "MODELHALL_ROOT_PATH": root_path, "MODELHALL_PULL_SECRET": f"{name}-pull"},
+            "envVars": {"MODELHALL_REGISTRY_URL": self.config.registry_url, "MODELHALL_REPOSITORY": target.repository,
+                        "MODELHALL_DIGEST": target.digest, "MODELHALL_ROOT_PATH": root_path,
+                        "MODELHALL_PULL_TOKEN_FILE": f"{SECRETS_DIR}/{name}-pull", "MODELHALL_PORT": str(FUNCTION_PORT)},
             "secrets": [f"{name}-pull"],
             "labels": {"com.modelhall.managed": "true", **scale_labels(spec)},
-            "annotations": {"com.modelhall.digest": digest,
+            "annotations": {"com.modelhall.digest": target.digest,
                             **({PROFILE_ANNOTATION: self.config.gpu_profile} if gpu else {})},
             "constraints": gpu_constraints(spec, self.config.gpu_products) if gpu else [],
             "requests": size, "limits": size, "readOnlyRootFilesystem": True,
         }
 
-    def start(self, bundle: Path, build: Build, digest: str, root_path: str) -> WorkerHandle:
-        """Deploy (or update) the version's function; the gateway wakes it on the first call to its endpoint."""
+    def start(self, bundle: Path, build: Build, target: Target, root_path: str) -> WorkerHandle:
+        """Deploy (or update) the version's function with a fresh pull token; the gateway wakes it on the
+        first call to its endpoint. (``build`` stays unused: the image fetches the bundle and runs it.)"""
         spec = load_spec_file(bundle)
         self._check(spec)
-        name = function_name(root_path)
-        credential = self.credentials(root_path, digest)
-        function = self.function(name, spec, build, digest, root_path, credential)
-        self.gateway.put_secret(f"{name}-pull", credential.token)
+        name = function_name(target)
+        function = self.function(name, spec, target, root_path)
+        self.gateway.put_secret(f"{name}-pull", self.credentials(target))
         if self.gateway.status(name) is None:
             self.gateway.deploy(function)
         else:
@@ -318,3 +312,24 @@ class OpenFaaSRuntime:
         if namespace != self.config.namespace:
             raise ValueError("the worker belongs to another functions namespace")
         return name
+
+
+def open_openfaas_runtime(settings: Settings, environments: Any) -> OpenFaaSRuntime:
+    """The runtime ``MODELHALL_RUNTIME=openfaas`` configures (see the README's "On OpenFaaS")."""
+    from modelhall.registry.auth.tokens import issue_version_pull_token
+
+    config = OpenFaaSConfig(gateway=settings.openfaas_gateway, username=settings.openfaas_username,
+                            password=settings.openfaas_password, namespace=settings.openfaas_namespace,
+                            image=settings.k8s_image, registry_url=settings.k8s_registry_url or settings.url,
+                            gpu_profile=settings.openfaas_gpu_profile, gpu_products=settings.k8s_gpu_products,
+                            pro=settings.openfaas_pro, allow_network=settings.allow_model_network)
+    if not config.image:
+        raise ValueError("MODELHALL_RUNTIME=openfaas needs the model-server image: set MODELHALL_K8S_IMAGE")
+
+    def credentials(target: Target) -> str:
+        return issue_version_pull_token(settings.signing_key, target.repository, [target.digest],
+                                        settings.k8s_pull_token_ttl)
+
+    scaler = open_kubernetes_scaler(settings.k8s_kubeconfig) if settings.openfaas_kubernetes else None
+    return OpenFaaSRuntime(config, Gateway(config.gateway, config.username, config.password, config.namespace),
+                           environments, credentials, scaler)

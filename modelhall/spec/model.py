@@ -27,6 +27,8 @@ class Runtime(_Section):
     gguf_file: str | None = Field(default=None, description="a GGUF file in that folder to load the model from")
     timeout: float = Field(default=300, gt=0, description="seconds one prediction may take")
     network: bool = Field(default=False, description="outbound network access, if the operator allows it")
+    startup_timeout: float = Field(default=600, gt=0, description="seconds the model may take to start and load "
+                                                                  "(on Kubernetes: its startupProbe)")
 
     @field_validator("workdir", "model", "gguf_file")
     @classmethod

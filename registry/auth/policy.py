@@ -111,6 +111,8 @@ def permitted_actions(db: Session, principal: Principal, name: str, repository: 
     if repository is None:  # a push may create it, in a namespace one maintains (and then do the rest)
         return frozenset(from_role) if role in ("maintainer", "owner") else frozenset()
     actions = from_role | audience_rights(principal, repository) | share_rights(principal, repository, digest)
+    if principal.version_pull is not None and principal.version_pull[0] == name:
+        actions |= {Action.PULL}  # the OCI routes hold it to the one version (oci/access.py: pinned_version)
     if honour_grants and principal.grants is not None:  # a registry token: the OCI actions it names, nothing else
         granted = {Action(a) for a in principal.grants.get(name, frozenset()) if a in OCI_ACTIONS}
         actions &= granted | ({Action.VIEW} if granted else set())

@@ -47,6 +47,7 @@ class Principal:
     presented_credentials: bool = False
     share: ShareGrant | None = None
     via_session: bool = False
+    version_pull: tuple[str, frozenset[str]] | None = None  # a model pod's: pull these manifests of one repository
 
     @property
     def is_anonymous(self) -> bool:
@@ -111,6 +112,9 @@ def _from_registry_token(db: Session, token: str, signing_key: str) -> Principal
         claims = verify_registry_token(signing_key, token)
     except InvalidTokenError as error:
         raise AuthenticationError(str(error)) from None
+    if claims.version is not None:
+        return Principal(scopes=frozenset({"read"}), grants=claims.access, presented_credentials=True,
+                         version_pull=claims.version)
     user = db.scalar(select(User).where(User.name == claims.subject)) if claims.subject else None
     if claims.subject and user is None:
         raise AuthenticationError("the token's user no longer exists")

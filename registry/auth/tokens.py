@@ -68,6 +68,22 @@ class RegistryClaims:
     subject: str | None
     scopes: frozenset[str]
     access: dict[str, frozenset[str]]
+    version: tuple[str, frozenset[str]] | None = None  # a version pull token's repository and manifest digests
+
+
+VERSION_PULL = "version-pull"
+
+
+def issue_version_pull_token(key: str, repository: str, digests: list[str], ttl_seconds: int) -> str:
+    """The credential a model pod fetches its bundle with: pull, of one repository's one version (the
+    manifests ``digests``: the bundle, and its built environment if any) and their blobs, by no user.
+
+    It names no user (a pod is not one) and grants nothing else: no other version, no push, no API."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": SERVICE, "sub": "", "typ": VERSION_PULL, "ver": [repository, sorted(digests)],
+              "iat": now, "nbf": now - 5, "exp": now + ttl_seconds, "jti": uuid.uuid4().hex,
+              "access": [{"type": "repository", "name": repository, "actions": ["pull"]}]}
+    return jwt.encode(claims, key, algorithm=JWT_ALGORITHM)
 
 
 def issue_registry_token(key: str, subject: str | None, scopes: frozenset[str],
@@ -92,4 +108,6 @@ def verify_registry_token(key: str, token: str) -> RegistryClaims:
         raise InvalidTokenError("the registry token is not valid") from None
     access = {entry["name"]: frozenset(entry["actions"]) for entry in claims.get("access", [])
               if entry.get("type") == "repository"}
-    return RegistryClaims(subject=claims.get("sub") or None, scopes=frozenset(claims.get("scp", [])), access=access)
+    version = (claims["ver"][0], frozenset(claims["ver"][1])) if claims.get("typ") == VERSION_PULL else None
+    return RegistryClaims(subject=claims.get("sub") or None, scopes=frozenset(claims.get("scp", [])), access=access,
+                          version=version)  # type: ignore[arg-type]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from fastapi import Request
 from sqlalchemy.orm import Session
 
+from modelhall.adapters.storage.base import BlobStore
 from modelhall.registry.auth.policy import Action, Outcome, decide
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.auth.tokens import SERVICE
@@ -63,3 +65,22 @@ def require(request: Request, db: Session, principal: Principal, name: str, acti
         db.commit()  # at once: the upload that follows may stream for minutes and must hold no lock
         return repository
     raise OCIError("NAME_UNKNOWN", NOT_FOUND_DETAIL)
+
+
+def outside_pinned_version(principal: Principal, store: BlobStore, digest: str, *, manifest: bool) -> bool:
+    """Whether a model pod's version pull token (``principal.version_pull``) does not reach ``digest``: it
+    reaches its own manifests and the blobs they name, nothing else in the repository."""
+    if principal.version_pull is None:
+        return False
+    pinned = principal.version_pull[1]
+    if manifest:
+        return digest not in pinned
+    for manifest_digest in pinned:
+        try:
+            body = json.loads(b"".join(store.read(manifest_digest)))
+        except (FileNotFoundError, ValueError):
+            continue
+        named = [body.get("config") or {}, *(body.get("layers") or [])]
+        if any(descriptor.get("digest") == digest for descriptor in named):
+            return False
+    return True

@@ -13,7 +13,7 @@ from modelhall.registry.auth.policy import Action
 from modelhall.registry.auth.principal import Principal
 from modelhall.registry.context import RegistryContext, get_context, get_db, get_principal
 from modelhall.registry.metadata import linked_blob, unlink_blob
-from modelhall.registry.oci.access import require
+from modelhall.registry.oci.access import outside_pinned_version, require
 from modelhall.registry.oci.errors import OCIError
 
 router = APIRouter()
@@ -54,6 +54,8 @@ def get_blob(name: str, digest: str, request: Request, db: Session = Depends(get
              context: RegistryContext = Depends(get_context)) -> Response:
     repository = require(request, db, principal, name, Action.PULL)
     link = linked_blob(db, repository, checked_digest(digest))
+    if outside_pinned_version(principal, context.store, digest, manifest=False):
+        link = None
     size = context.store.stat(digest) if link else None
     if size is None:
         raise OCIError("BLOB_UNKNOWN", digest)

@@ -32,7 +32,7 @@ from modelhall.registry.metadata import (
     save_manifest,
     set_tag,
 )
-from modelhall.registry.oci.access import require
+from modelhall.registry.oci.access import outside_pinned_version, require
 from modelhall.registry.oci.blobs import checked_digest
 from modelhall.registry.oci.errors import OCIError
 
@@ -66,6 +66,8 @@ def get_manifest(name: str, reference: str, request: Request, db: Session = Depe
                  context: RegistryContext = Depends(get_context)) -> Response:
     repository = require(request, db, principal, name, Action.PULL)
     manifest = find_by_reference(db, repository, checked_reference(reference))
+    if outside_pinned_version(principal, context.store, manifest.digest, manifest=True):
+        raise OCIError("MANIFEST_UNKNOWN", reference)
     headers = {"Docker-Content-Digest": manifest.digest, "Content-Type": manifest.media_type,
                "Content-Length": str(manifest.size)}
     if request.method == "HEAD":

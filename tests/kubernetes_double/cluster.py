@@ -223,8 +223,7 @@ class Cluster:
         self.containers: dict[str, Container] = {}  # by pod uid
         self._addresses = itertools.cycle(f"127.0.0.{n}" for n in range(2, 255))
         self._stopping = threading.Event()
-        self.pod_starts: list[float] = []  # seconds from each pod's creation to Ready: the double's own pod start
-        self._created_at: dict[str, float] = {}
+        self.ready_at: dict[str, float] = {}  # pod uid → perf_counter() when it first became Ready
 
     # --- the Deployment and Job controllers ---------------------------------------------------
 
@@ -294,7 +293,6 @@ class Cluster:
                        "Warning")
             return
         self.store.create("pods", namespace, pod)
-        self._created_at[pod["metadata"]["uid"]] = time.monotonic()
 
     def admit_pod(self, namespace: str, pod: dict[str, Any]) -> str | None:
         """Why admission refuses the pod (Pod Security, a missing RuntimeClass), or None."""
@@ -391,13 +389,28 @@ class Cluster:
     def is_ready(pod: dict[str, Any]) -> bool:
         return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions", []))
 
+    @staticmethod
+    def _mounted(value: str, mounts: dict[str, Path]) -> str:
+        """A path under an emptyDir's mount point, as the pod's own folder for that volume (no mount namespace
+        here: the host's /tmp is shared, a pod's /tmp must not be)."""
+        for mount_path, folder in mounts.items():
+            if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                return str(folder) + value[len(mount_path.rstrip("/")):]
+        return value
+
     def _environment(self, namespace: str, pod: dict[str, Any], container: dict[str, Any], tmp: Path) -> dict[str, str]:
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp),
                "TMPDIR": str(tmp), "HOSTNAME": pod["metadata"]["name"]}
+        empty_dirs = {volume["name"] for volume in pod["spec"].get("volumes") or [] if "emptyDir" in volume}
+        mounts = {}
+        for mount in container.get("volumeMounts") or []:
+            if mount["name"] in empty_dirs:
+                mounts[mount["mountPath"]] = folder = tmp.parent / "volumes" / mount["name"]
+                folder.mkdir(parents=True, exist_ok=True)
         for variable in container.get("env") or []:
             source = variable.get("valueFrom")
             if source is None:
-                env[variable["name"]] = variable.get("value", "")
+                env[variable["name"]] = self._mounted(variable.get("value", ""), mounts)
             elif "fieldRef" in source:
                 path = source["fieldRef"]["fieldPath"]
                 env[variable["name"]] = {"status.podIP": pod["status"].get("podIP", ""),
@@ -487,8 +500,8 @@ class Cluster:
             elif passed != state.ready:
                 state.ready = passed
                 self._set_status(namespace, name, uid, running=True)
-                if passed and uid in self._created_at:
-                    self.pod_starts.append(time.monotonic() - self._created_at.pop(uid))
+                if passed:
+                    self.ready_at.setdefault(uid, time.perf_counter())
             time.sleep(max(period, 0.01))
 
     def _set_status(self, namespace: str, name: str, uid: str, running: bool = False,

@@ -75,6 +75,7 @@ class API:
         self.cluster = cluster
         self.store = cluster.store
         self.requests: list[tuple[str, str, str]] = []  # (method, path, query): what the client asked, for tests
+        self.received_at: list[float] = []  # perf_counter() at each of them, for benchmarks
 
     def app(self) -> Starlette:
         routes = []
@@ -94,6 +95,7 @@ class API:
 
     def _endpoint(self, resource: str, handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
+            self.received_at.append(time.perf_counter())
             self.requests.append((request.method, request.url.path, request.url.query))
             namespace = request.path_params["namespace"]
             try:
