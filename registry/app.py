@@ -44,10 +44,9 @@ def open_runtime(settings: Settings) -> Runtime:
         from modelhall.adapters.runtimes.kubernetes import KubernetesRuntime  # the client is imported only here
 
         return KubernetesRuntime(settings)
-    local = LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
     if settings.runtime == "openfaas":
-        return open_openfaas_runtime(settings, environments=local)
-    return local
+        return open_openfaas_runtime(settings)
+    return LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

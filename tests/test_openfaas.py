@@ -51,16 +51,6 @@ TARGET = Target(7, "alice/model", DIGEST)
 GPU_NODE = {"kubernetes.io/os": "linux", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}
 
 
-class NoEnvironments:
-    """Builds nothing: these tests deploy images that bring what they run."""
-
-    def build(self, bundle: Path) -> Build:
-        return Build(environment="none", log="")
-
-    def build_log(self, environment: str, lines: int = 200) -> str:
-        return ""
-
-
 @pytest.fixture
 def gateway() -> Iterator[OpenFaaSGatewayDouble]:
     double = OpenFaaSGatewayDouble(IMAGES, profiles=("gpu",), nodes=(GPU_NODE,)).start()
@@ -74,7 +64,7 @@ def runtime_for(double: OpenFaaSGatewayDouble, image: str = ECHO_IMAGE, gpu_prof
                             image=image, registry_url="http://registry.invalid", gpu_profile=gpu_profile,
                             gpu_products={"a100-40gb": "NVIDIA-A100-SXM4-40GB"}, pro=pro)
     kubeconfig = double.write_kubeconfig(double.root / "kubeconfig")
-    return OpenFaaSRuntime(config, Gateway(double.url, "admin", "secret", "openfaas-fn"), NoEnvironments(),
+    return OpenFaaSRuntime(config, Gateway(double.url, "admin", "secret", "openfaas-fn"),
                            credentials=lambda target: "pull-token",
                            scaler=open_kubernetes_scaler(str(kubeconfig)) if kubernetes else None)
 
@@ -110,6 +100,15 @@ def test_a_version_becomes_one_hardened_function_with_its_pull_secret(gateway: O
     assert deployment.secrets == [f"{name}-pull"] and gateway.secrets[("openfaas-fn", f"{name}-pull")] == b"pull-token"
     assert (deployment.envVars or {})["MODELHALL_DIGEST"] == DIGEST
     assert "pull-token" not in str(deployment.envVars)  # the credential is in the secret only
+
+
+def test_requirements_beyond_the_images_packages_are_refused_with_their_names(gateway: OpenFaaSGatewayDouble,
+                                                                             tmp_path: Path) -> None:
+    bundle = bundle_with(tmp_path, "")
+    (bundle / "requirements.txt").write_text("surely-not-in-the-image-pkg==1.0\n")
+    with pytest.raises(ValueError, match="surely-not-in-the-image-pkg==1.0 not in the model-server image; on OpenFaaS"):
+        runtime_for(gateway).build(bundle)
+    assert runtime_for(gateway).build(bundle_with(tmp_path / "plain", "")).environment == "image"
 
 
 def test_a_second_start_updates_the_function_and_the_secret_in_place(gateway: OpenFaaSGatewayDouble,

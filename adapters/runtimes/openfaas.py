@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import httpx
 
 from modelhall.adapters.runtimes.base import Build, Target, UnschedulableError, WorkerHandle
+from modelhall.adapters.runtimes.environments import image_environment
 from modelhall.settings import Settings
 from modelhall.spec import Spec, load_spec_file
 
@@ -207,13 +208,11 @@ def scale_labels(spec: Spec) -> dict[str, str]:
 
 
 class OpenFaaSRuntime:
-    def __init__(self, config: OpenFaaSConfig, gateway: Gateway, environments: Any,
-                 credentials: Callable[[Target], str], scaler: DeploymentScaler | None):
-        """``environments`` builds a version's environment (``build``, ``build_log``), ``credentials`` issues
-        the version pull token for a target, ``scaler`` is the Kubernetes access, if any."""
+    def __init__(self, config: OpenFaaSConfig, gateway: Gateway, credentials: Callable[[Target], str],
+                 scaler: DeploymentScaler | None):
+        """``credentials`` issues the version pull token for a target, ``scaler`` is the Kubernetes access, if any."""
         self.config = config
         self.gateway = gateway
-        self.environments = environments
         self.credentials = credentials
         self.scaler = scaler
         self._seen_alive: dict[str, float] = {}  # function → until when it counts as deployed
@@ -225,10 +224,11 @@ class OpenFaaSRuntime:
                            "Deployments, or use OpenFaaS Pro)")
 
     def build(self, bundle: Path) -> Build:
-        return self.environments.build(bundle)
+        """The model-server image's packages, as on Kubernetes (the same image runs the function)."""
+        return image_environment(bundle, "on OpenFaaS")
 
     def build_log(self, environment: str, lines: int = 200) -> str:
-        return self.environments.build_log(environment, lines)
+        return ""
 
     def _check(self, spec: Spec) -> None:
         if spec.runtime.network and not self.config.allow_network:
@@ -314,7 +314,7 @@ class OpenFaaSRuntime:
         return name
 
 
-def open_openfaas_runtime(settings: Settings, environments: Any) -> OpenFaaSRuntime:
+def open_openfaas_runtime(settings: Settings) -> OpenFaaSRuntime:
     """The runtime ``MODELHALL_RUNTIME=openfaas`` configures (see the README's "On OpenFaaS")."""
     from modelhall.registry.auth.tokens import issue_version_pull_token
 
@@ -332,4 +332,4 @@ def open_openfaas_runtime(settings: Settings, environments: Any) -> OpenFaaSRunt
 
     scaler = open_kubernetes_scaler(settings.k8s_kubeconfig) if settings.openfaas_kubernetes else None
     return OpenFaaSRuntime(config, Gateway(config.gateway, config.username, config.password, config.namespace),
-                           environments, credentials, scaler)
+                           credentials, scaler)
