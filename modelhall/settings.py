@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024**2, gt=0)
     unpack_max_bytes: int = 20 * 1024**3
     unpack_max_members: int = 100_000
-    runtime: str = Field(default="local", pattern="^(local|kubernetes)$")
+    runtime: str = Field(default="local", pattern="^(local|kubernetes|openfaas)$")
     # --- MODELHALL_RUNTIME=kubernetes (adapters/runtimes/kubernetes.py) ---
     k8s_namespace: str = "modelhall-models"  # where every model's Deployment, Secret and NetworkPolicy live
     k8s_image: str = ""  # the model-server image, pinned by digest; its entry: python -m modelhall.showcase.bootstrap
@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     k8s_pull_token_ttl: int = 3600  # lifetime of a pod's pull-only credential for its one version
     allow_model_network: bool = False  # a spec's runtime.network: true is refused unless the operator allows it
     wake_timeout: float = 120.0
+    # --- MODELHALL_RUNTIME=openfaas (adapters/runtimes/openfaas.py); also uses k8s_image, k8s_registry_url,
+    # k8s_gpu_products, k8s_pull_token_ttl, and k8s_kubeconfig for scale to zero ---
+    openfaas_gateway: str = "http://gateway.openfaas:8080"
+    openfaas_username: str = "admin"
+    openfaas_password: str = ""
+    openfaas_namespace: str = Field(default="openfaas-fn", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    openfaas_gpu_profile: str | None = None  # an OpenFaaS Profile granting GPUs; without one no GPU model runs
+    openfaas_pro: bool = False  # OpenFaaS Pro's autoscaler is in charge of replicas (and of scale to zero)
+    openfaas_kubernetes: bool = True  # scale idle functions' Deployments to zero through the Kubernetes API
     reaper_interval: float = 5.0
     gc_interval: float = 3600.0  # seconds between garbage collections (registry/gc.py); 0: never
     gc_blob_grace: float = 3600.0  # an unreferenced blob younger than this is kept (an upload in flight)

@@ -15,6 +15,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from modelhall.adapters.runtimes.base import Runtime
 from modelhall.adapters.runtimes.local import LocalRuntime
+from modelhall.adapters.runtimes.openfaas import open_openfaas_runtime
 from modelhall.adapters.storage import open_blob_store
 from modelhall.registry import demo_origin, gateway
 from modelhall.registry.api import repos, runs, shares, tokens
@@ -46,6 +47,8 @@ def open_runtime(settings: Settings) -> Runtime:
         from modelhall.adapters.runtimes.kubernetes import KubernetesRuntime  # the client is imported only here
 
         return KubernetesRuntime(settings)
+    if settings.runtime == "openfaas":
+        return open_openfaas_runtime(settings)
     return LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
 
 

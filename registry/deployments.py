@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 import aiohttp
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
+from yarl import URL
 from starlette.concurrency import run_in_threadpool
 
 from modelhall.adapters.runtimes.base import Build, Runtime, Target, UnschedulableError, WorkerHandle
@@ -74,9 +75,28 @@ def worker_client(worker: WorkerHandle, timeout: float | None = None) -> aiohttp
     """
     socket = worker.unix_socket
     connector = aiohttp.UnixConnector(path=socket) if socket else aiohttp.TCPConnector()
-    return aiohttp.ClientSession(WORKER_URL if socket else worker.endpoint, connector=connector,
+    origin, prefix = (WORKER_URL, "") if socket else _split_endpoint(worker.endpoint)
+    return aiohttp.ClientSession(origin, connector=connector, middlewares=(_under(prefix),) if prefix else (),
                                  cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",),
                                  timeout=aiohttp.ClientTimeout(total=timeout, connect=10))
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, str]:
+    """An HTTP endpoint's origin and its path (an OpenFaaS function's is ``/function/{name}.{namespace}``)."""
+    url = URL(endpoint)
+    return str(url.origin()), url.raw_path.rstrip("/")
+
+
+def _under(prefix: str) -> aiohttp.ClientMiddlewareType:
+    """Requests for ``/x`` go to ``{prefix}/x``, path and query kept as they were encoded."""
+
+    async def middleware(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+        url = request.url
+        request.url = URL.build(scheme=url.scheme, authority=url.raw_authority, path=prefix + url.raw_path,
+                                query_string=url.raw_query_string, encoded=True)
+        return await handler(request)
+
+    return middleware
 
 
 def _settled(task: asyncio.Task[Any]) -> None:

@@ -11,7 +11,8 @@ Environment:
 
 - ``MODELHALL_REGISTRY_URL``: the registry as pods reach it (its in-cluster Service)
 - ``MODELHALL_REPOSITORY``, ``MODELHALL_DIGEST``: the version
-- ``MODELHALL_PULL_TOKEN``: the version pull token (from the version's Secret)
+- ``MODELHALL_PULL_TOKEN``: the version pull token (from the version's Secret), or
+  ``MODELHALL_PULL_TOKEN_FILE``: the file that holds it (an OpenFaaS function's secret)
 - ``MODELHALL_ROOT_PATH``: the demo's public path prefix behind the gateway
 - ``MODELHALL_POD_IP`` (default ``0.0.0.0``), ``MODELHALL_PORT`` (default 8080): where to listen
 """
@@ -32,7 +33,13 @@ from modelhall.client.reference import Reference
 from modelhall.client.registry import RegistryClient
 from modelhall.client.transfer import pull_bundle
 
-PRIVATE = ("MODELHALL_PULL_TOKEN",)
+PRIVATE = ("MODELHALL_PULL_TOKEN", "MODELHALL_PULL_TOKEN_FILE")
+
+
+def pull_token(environment: os._Environ[str]) -> str:
+    """The version pull token: in the environment (Kubernetes), or in the secret file it names (OpenFaaS)."""
+    token = environment.get("MODELHALL_PULL_TOKEN")
+    return token if token is not None else Path(environment["MODELHALL_PULL_TOKEN_FILE"]).read_text().strip()
 
 
 def fetch(registry_url: str, repository: str, digest: str, token: str, target: Path) -> None:
@@ -64,7 +71,7 @@ def main() -> None:
     bundle = scratch / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)  # /tmp outlives a container restart (an emptyDir): fetch afresh
     print(f"fetching {repository}@{digest}", file=sys.stderr, flush=True)
-    fetch(environment["MODELHALL_REGISTRY_URL"], repository, digest, environment["MODELHALL_PULL_TOKEN"], bundle)
+    fetch(environment["MODELHALL_REGISTRY_URL"], repository, digest, pull_token(environment), bundle)
     listener = listen(environment.get("MODELHALL_POD_IP") or "0.0.0.0", int(environment.get("MODELHALL_PORT", "8080")))
     worker_environment = {key: value for key, value in environment.items() if key not in PRIVATE}
     os.chdir(bundle)

@@ -4,7 +4,8 @@
   ``{data, name}``), or multipart form fields and files. Bad input is a 422 naming the
   field; a model failure is a 500 and the server keeps serving.
 - ``GET /spec``: the spec and the JSON Schema of a predict request.
-- ``GET /healthz``: 200 once the model is loaded; 503 while starting or after a failed load.
+- ``GET /healthz`` (and ``/_/health``, OpenFaaS's probe path): 200 once the model is loaded; 503 while
+  starting or after a failed load.
 - ``GET /metrics``: Prometheus metrics.
 - ``GET /_internal/journal?after=N`` and ``GET /_internal/journal/files/{id}``: the run journal
   and its files, for the registry only (it sends ``X-Modelhall-Internal: 1``, a header the
@@ -271,6 +272,7 @@ def _api_routes(runner: ModelRunner, demo: LateDemo, activity: Activity, loaded:
         return Response(generate_latest(runner.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/predict", predict, methods=["POST"]), Route("/spec", get_spec), Route("/healthz", healthz),
+            Route("/_/health", healthz),  # where OpenFaaS (faas-netes) probes a function's readiness
             Route("/metrics", metrics), *_journal_routes(runner)]
 
 

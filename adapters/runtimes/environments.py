@@ -46,7 +46,9 @@ from typing import BinaryIO
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from modelhall.adapters.runtimes.base import Build
 from modelhall.adapters.runtimes.sandbox import SANDBOX_UID, Limits, bwrap_command, bwrap_path, limits
+from modelhall.spec import load_spec_file
 
 BUILD_LIMITS = Limits(memory=8 * 1024**3, cpus=float(os.cpu_count() or 1), processes=512, disk=8 * 1024**3)
 BUILD_SECONDS = 1800.0  # one uv call
@@ -204,6 +206,26 @@ def split_by_installed(requirements: tuple[str, ...]) -> tuple[tuple[str, ...], 
         else:
             missing.append(line)
     return tuple(missing), tuple(sorted(provided))
+
+
+IMAGE_ENVIRONMENT = "image"  # the model-server image's own packages: no environment to fetch
+
+
+def image_environment(bundle: Path, where: str) -> Build:
+    """A version's environment where the model-server image runs it (``where``: "on Kubernetes"): the image's
+    packages, when they satisfy its requirements. Requirements beyond them are refused with their names:
+    building them (a Job per requirements hash, stored as an OCI artifact) is not done yet."""
+    spec = load_spec_file(bundle)
+    if spec.package.type == "conda":
+        raise ValueError("conda environments are not supported; use package.type: pip")
+    source = spec.package.requirements or "requirements.txt"
+    text = read_requirements(bundle / source, source) if spec.package.requirements else ""
+    missing, _provided = split_by_installed(parse_requirements(text, source))
+    if missing:
+        names = ", ".join(str(requirement) for requirement in missing)
+        raise ValueError(f"{source}: {names} not in the model-server image; {where} a model may "
+                         "use only the image's packages for now")
+    return Build(environment=IMAGE_ENVIRONMENT, log="the model-server image's packages satisfy the requirements")
 
 
 def default_python() -> str:

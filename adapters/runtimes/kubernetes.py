@@ -38,7 +38,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from modelhall.adapters.runtimes.base import Build, Target, UnschedulableError, WorkerHandle
-from modelhall.adapters.runtimes.environments import parse_requirements, read_requirements, split_by_installed
+from modelhall.adapters.runtimes.environments import image_environment
 from modelhall.registry.auth.tokens import issue_version_pull_token
 from modelhall.settings import Settings
 from modelhall.spec import Spec, load_spec_file
@@ -58,7 +58,6 @@ BOOTSTRAP = ["python", "-m", "modelhall.showcase.bootstrap"]
 STARTUP_PERIOD_SECONDS = 2
 MERGE_PATCH = "application/merge-patch+json"
 WATCH_SECONDS = 300
-IMAGE_ENVIRONMENT = "image"  # the model-server image's own packages: no environment to fetch
 
 
 class NoNodeError(UnschedulableError):
@@ -191,21 +190,8 @@ class KubernetesRuntime:
     # --- environments -------------------------------------------------------------------------
 
     def build(self, bundle: Path) -> Build:
-        """The version's environment: the model-server image's packages, when they satisfy its requirements.
-
-        Requirements beyond the image's packages are refused with their names: building them (a Job per
-        requirements hash, stored as an OCI artifact) is not part of this runtime yet."""
-        spec = load_spec_file(bundle)
-        if spec.package.type == "conda":
-            raise ValueError("conda environments are not supported; use package.type: pip")
-        source = spec.package.requirements or "requirements.txt"
-        text = read_requirements(bundle / source, source) if spec.package.requirements else ""
-        missing, _provided = split_by_installed(parse_requirements(text, source))
-        if missing:
-            names = ", ".join(str(requirement) for requirement in missing)
-            raise ValueError(f"{source}: {names} not in the model-server image; on Kubernetes a model may "
-                             "use only the image's packages for now")
-        return Build(environment=IMAGE_ENVIRONMENT, log="the model-server image's packages satisfy the requirements")
+        """The version's environment: the model-server image's packages (see ``image_environment``)."""
+        return image_environment(bundle, "on Kubernetes")
 
     def build_log(self, environment: str, lines: int = 200) -> str:
         return ""
