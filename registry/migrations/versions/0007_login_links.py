@@ -1,6 +1,6 @@
 """login links: one-time logins made on the server (modelhall admin login-link)
 
-Revision ID: 0009
+Revision ID: 0007
 Revises: 0006
 """
 
@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision = '0009'
+revision = '0007'
 down_revision = '0006'
 branch_labels = None
 depends_on = None

@@ -1,15 +1,15 @@
 """replicas: spent demo tickets and the claimer of each async run, in the database
 
-Revision ID: 0011
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 
-revision = '0011'
-down_revision = '0006'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
