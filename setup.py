@@ -4,7 +4,7 @@
 alone cannot express a package list derived from several folders, so it lives here.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 FOLDERS = {
     "modelhall": "modelhall",
@@ -19,7 +19,10 @@ def _packages() -> list[str]:
     packages = []
     for package, folder in FOLDERS.items():
         packages.append(package)
-        packages.extend(f"{package}.{sub}" for sub in find_packages(folder))
+        # The templates are data, but every folder of them is importable: listed as (namespace)
+        # packages, setuptools ships their files without a warning for each.
+        found = find_namespace_packages(folder) if package == "modelhall.templates" else find_packages(folder)
+        packages.extend(f"{package}.{sub}" for sub in found)
     return packages
 
 
