@@ -104,7 +104,11 @@ def quick_sleeper(name: str, scratch: Path) -> Path:
 
 
 def state(client: httpx.Client, repository: str) -> str:
-    return client.get(f"/api/v1/repos/{repository}/deployment").json()["state"]
+    """The deployment's state; "sleeping" only once its workers are stopped too (the reaper marks the
+    deployment first), so a cold start is measured from nothing running."""
+    status = client.get(f"/api/v1/repos/{repository}/deployment").json()
+    running = any(worker["state"] in ("starting", "ready") for worker in status["workers"])
+    return "stopping" if status["state"] == "sleeping" and running else status["state"]
 
 
 def wait_asleep(client: httpx.Client, repository: str) -> None:

@@ -564,7 +564,11 @@ class Deployments:
                 db.execute(update(Deployment).where(Deployment.id == deployment_id, Deployment.state == "running")
                            .values(state="sleeping", desired_replicas=0))
                 db.commit()
-            for handle in self._claim_stop(deployment_id, workers):
+            claimed = self._claim_stop(deployment_id, workers)
+            pool = self._pools.get((repository_id, digest))
+            for handle in claimed if pool else ():  # a request from now on wakes a new worker, not this one
+                pool.discard(handle)
+            for handle in claimed:
                 self._collect(handle, repository_id, digest)
                 self.runtime.stop(handle)
         return [digest for _, _, digest, _ in idle]
