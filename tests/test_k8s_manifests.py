@@ -688,7 +688,8 @@ def test_the_platform_uid_is_the_one_the_pods_run_as(overlay: tuple[str, list[Ma
 def installed_program(distribution: str, name: str) -> Path | None:
     """A program that a Python package installs beside the interpreter (as pip puts it in the image's venv)."""
     try:
-        files = metadata.distribution(distribution).files or []
+        files = next((d.files or [] for d in metadata.distributions(name=distribution)
+                      if any(f.parent.name == "bin" for f in d.files or [])), [])
     except metadata.PackageNotFoundError:
         return None
     for file in files:
