@@ -445,10 +445,10 @@ def test_logs_of_the_build_and_the_worker_are_for_writers_only(any_runtime_regis
 
 def test_the_build_log_says_what_was_built_or_whose_environment_was_reused(runtime_registry: RegistryServer,
                                                                           tmp_path: Path) -> None:
-    user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "built")
-    assert predict(runtime_registry, f"{user}/built", "x").status_code == 200
+    user, token, _ = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "first")
+    assert predict(runtime_registry, f"{user}/first", "x").status_code == 200
     owner = http(runtime_registry.url, token)
-    built = owner.get(f"/api/v1/repos/{user}/built/deployment/logs", params={"build": "true"})
+    built = owner.get(f"/api/v1/repos/{user}/first/deployment/logs", params={"build": "true"})
     assert built.status_code == 200 and re.search(r"^environment [0-9a-f]+: Python 3\.\d+", built.text)
     assert "\ninstalled: " in built.text and "reused" not in built.text
     other, other_token, _ = push(runtime_registry, quick_hello(tmp_path / "again", idle_timeout=300), "again")
@@ -456,7 +456,7 @@ def test_the_build_log_says_what_was_built_or_whose_environment_was_reused(runti
     reused = http(runtime_registry.url, other_token).get(f"/api/v1/repos/{other}/again/deployment/logs",
                                                          params={"build": "true"}).text
     assert reused.startswith("This version reused the environment built earlier for another model's version.\n")
-    assert user not in reused and "built" not in reused  # the other repository is not named
+    assert user not in reused and "first" not in reused  # the other repository is not named
 
 
 def test_runs_and_logs_in_the_terminal(runtime_registry: RegistryServer, tmp_path: Path) -> None:
