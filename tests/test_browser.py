@@ -105,12 +105,19 @@ def test_chat_demo_answers(page: Page, chat: ModelServer, artifacts_dir: Path) -
     page.screenshot(path=str(artifacts_dir / "demo-text-generation.png"), full_page=True)
 
 
-def test_a_failing_model_shows_an_error_in_the_page(page: Page, tmp_path_factory: pytest.TempPathFactory) -> None:
-    bundle = tmp_path_factory.mktemp("failing") / "failing"
+def text_model(tmp_path_factory: pytest.TempPathFactory, name: str, text_input: str, body: str) -> Path:
+    """A bundle of one text input and one text output whose ``predict`` is the one line ``body``."""
+    bundle = tmp_path_factory.mktemp(name) / name
     bundle.mkdir()
-    (bundle / "modelhall.yaml").write_text("name: failing\nruntime: {adapter: python, entrypoint: predict.py:predict}\n"
-                                           "inputs: [{name: text, type: text}]\noutputs: [{name: out, type: text}]\n")
-    (bundle / "predict.py").write_text("def predict(text):\n    raise ValueError(f'cannot handle {text}')\n")
+    (bundle / "modelhall.yaml").write_text(f"name: {name}\nruntime: {{adapter: python, entrypoint: predict.py:predict}}\n"
+                                           f"inputs: [{{name: {text_input}, type: text}}]\n"
+                                           "outputs: [{name: out, type: text}]\n")
+    (bundle / "predict.py").write_text(f"def predict({text_input}):\n    {body}\n")
+    return bundle
+
+
+def test_a_failing_model_shows_an_error_in_the_page(page: Page, tmp_path_factory: pytest.TempPathFactory) -> None:
+    bundle = text_model(tmp_path_factory, "failing", "text", "raise ValueError(f'cannot handle {text}')")
     for server in serve_bundle(bundle, bundle.parent):
         page.goto(server.url)
         page.get_by_label("Text").fill("this")
@@ -123,11 +130,7 @@ def test_an_input_error_stays_beside_the_form_until_the_next_run(page: Page,
                                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     """An empty prompt: a message under the Run button (not only a toast) that stays when the toast is closed
     and goes with the next run; the server's log has one line for it, no traceback."""
-    bundle = tmp_path_factory.mktemp("strict") / "strict"
-    bundle.mkdir()
-    (bundle / "modelhall.yaml").write_text("name: strict\nruntime: {adapter: python, entrypoint: predict.py:predict}\n"
-                                           "inputs: [{name: prompt, type: text}]\noutputs: [{name: out, type: text}]\n")
-    (bundle / "predict.py").write_text("def predict(prompt):\n    return prompt.upper()\n")
+    bundle = text_model(tmp_path_factory, "strict", "prompt", "return prompt.upper()")
     for server in serve_bundle(bundle, bundle.parent):
         page.goto(server.url)
         run(page)
