@@ -706,6 +706,7 @@ class Deployments:
         while True:
             if await run_in_threadpool(self.leases.hold, lease):
                 async with self._renewing(lease):
+                    self._drop_dead(pool)  # a crashed worker is still in the pool when a restart comes here
                     await self._adopt_live(pool)
                     if not pool.workers:  # not started by the replica that held the lease before
                         await self._start(deployment_id, version, restarts=restarts)
