@@ -524,9 +524,11 @@ class Deployments:
                 await asyncio.sleep(SOCKET_POLL_SECONDS)
 
     async def shrink_idle(self) -> None:
-        """Stop extra workers (beyond the oldest and ``scaling.min``) that answered nothing for the idle timeout."""
+        """Forget workers that ended; stop extra ones (beyond the oldest and ``scaling.min``) that answered
+        nothing for the idle timeout."""
         now = time.monotonic()
         for pool in list(self._pools.values()):
+            self._drop_dead(pool)  # also reaps a worker this replica started and another one stopped
             keep = max(1, pool.scaling.min)
             for worker_id, worker in list(pool.workers.items())[keep:]:
                 if pool.busy[worker_id] == 0 and now - pool.last_used[worker_id] > pool.scaling.idle_timeout:

@@ -43,6 +43,8 @@ def predict(targets):
         honest = journal.read
 
         def read(after, limit, honest=honest):
+            if len(honest(0, 10)) < 2:  # the lies come once both honest runs are journaled: a forged entry's
+                return honest(after, limit)  # number moves the cursor past any later run of this worker
             return [*honest(after, limit), dict(forged, seq=10**9, context="forged"), "garbage", {"seq": "x"}]
 
         journal.read = read
