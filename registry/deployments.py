@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import aiohttp
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 from yarl import URL
 from starlette.concurrency import run_in_threadpool
@@ -129,6 +129,7 @@ class Pool:
         self.workers: dict[str, WorkerHandle] = {}  # by runtime id
         self.busy: dict[str, int] = {}
         self.last_used: dict[str, float] = {}
+        self.used: set[str] = set()  # workers that answered since the last round (written to the database)
         self._changed = asyncio.Condition()
         self._waiting = 0
         self.woken = False  # a worker started for a wake, and no prediction has been sent since
@@ -168,6 +169,13 @@ class Pool:
         """Forget a worker that stopped (its running predictions fail on their own)."""
         self.workers.pop(worker.id, None)
         self.last_used.pop(worker.id, None)
+        self.used.discard(worker.id)
+
+    def take_used(self) -> list[WorkerHandle]:
+        """The workers that answered since the last call, or are answering now."""
+        used = [worker for worker_id, worker in self.workers.items() if worker_id in self.used or self.busy[worker_id]]
+        self.used = set()
+        return used
 
     @asynccontextmanager
     async def slot(self, timeout: float) -> AsyncIterator[WorkerHandle]:
@@ -194,6 +202,7 @@ class Pool:
                 self.busy[worker.id] -= 1
                 if worker.id in self.workers:
                     self.last_used[worker.id] = time.monotonic()
+                    self.used.add(worker.id)
                 self._changed.notify()
 
 
@@ -315,8 +324,12 @@ class Deployments:
             if worker.id not in pool.workers:
                 await pool.add(worker)
 
-    def _record_worker(self, deployment_id: int, handle: WorkerHandle, state: str) -> None:
+    def _record_worker(self, deployment_id: int, handle: WorkerHandle, state: str, reserved: bool = False) -> None:
+        """Record ``handle``'s state; a ``reserved`` worker's row takes the place :meth:`_reserve_worker`
+        held for it, in the same transaction, so that it is counted once, and always."""
         with self.context.sessions() as db:
+            if reserved:
+                self._release_reservation(db, deployment_id)
             worker = db.scalar(select(Worker).where(Worker.deployment_id == deployment_id, Worker.handle == handle.id,
                                                     Worker.endpoint == handle.endpoint))
             if worker is None:
@@ -416,6 +429,11 @@ class Deployments:
         for deployment_id, at in noted.items():
             db.execute(update(Deployment).where(Deployment.id == deployment_id, or_(
                 Deployment.last_request_at.is_(None), Deployment.last_request_at < at)).values(last_request_at=at))
+        for pool in self._pools.values():
+            for worker in pool.take_used():
+                db.execute(update(Worker).where(
+                    Worker.deployment_id == pool.deployment_id, Worker.handle == worker.id,
+                    Worker.endpoint == worker.endpoint).values(last_used_at=now))
 
     @asynccontextmanager
     async def slot(self, version: Version, awake: Awake) -> AsyncIterator[WorkerHandle]:
@@ -453,12 +471,18 @@ class Deployments:
             logger.exception("the runs of worker %s could not be collected", worker.id)
             return 0
 
-    async def _launch(self, deployment_id: int, version: Version) -> WorkerHandle:
-        """Build if needed, start one worker and wait until it is ready; it joins the version's pool."""
-        bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
-        target = Target(version.repository.id, version.repository.name, version.digest)
-        handle = await run_in_threadpool(self.runtime.start, bundle, build, target, version.demo_path)
-        await run_in_threadpool(self._record_worker, deployment_id, handle, "starting")
+    async def _launch(self, deployment_id: int, version: Version, reserved: bool = False) -> WorkerHandle:
+        """Build if needed, start one worker and wait until it is ready; it joins the version's pool.
+        A ``reserved`` worker (see :meth:`_reserve_worker`) gives its place back if it never starts."""
+        try:
+            bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
+            target = Target(version.repository.id, version.repository.name, version.digest)
+            handle = await run_in_threadpool(self.runtime.start, bundle, build, target, version.demo_path)
+        except BaseException:
+            if reserved:
+                await run_in_threadpool(self._give_back_reservation, deployment_id)
+            raise
+        await run_in_threadpool(self._record_worker, deployment_id, handle, "starting", reserved)
         try:
             await self._wait_ready(handle)
         except DeploymentFailed:
@@ -493,15 +517,53 @@ class Deployments:
         return handle
 
     async def _add_worker(self, pool: Pool, version: Version) -> None:
-        """Scale out by one worker. A failure leaves the deployment as it was: its other workers serve."""
+        """Scale out by one worker, if every replica's workers together leave room under ``scaling.max``;
+        otherwise serve through the workers the other replicas started. A failure leaves the deployment
+        as it was: its other workers serve."""
         try:
-            await run_in_threadpool(self._update, pool.deployment_id, desired_replicas=len(pool.workers) + 1)
-            await self._launch(pool.deployment_id, version)
+            if await run_in_threadpool(self._reserve_worker, pool.deployment_id, pool.scaling.max):
+                await self._launch(pool.deployment_id, version, reserved=True)
+            else:
+                await self._adopt_live(pool)
         except (DeploymentFailed, UnschedulableError) as error:
             logger.warning("an extra worker for %s did not start: %s", version.repository.name, error)
         finally:
             self._growing.discard(pool.deployment_id)
-            await run_in_threadpool(self._update, pool.deployment_id, desired_replicas=len(pool.workers))
+            await run_in_threadpool(self._count_desired, pool.deployment_id)
+
+    def _reserve_worker(self, deployment_id: int, most: int) -> bool:
+        """Hold a place for one more worker if the deployment's workers, on every replica, and the places
+        already held number fewer than ``most``. The deployment's row is locked while counting
+        (PostgreSQL; SQLite writes one at a time), so two replicas never both take the last place."""
+        with self.context.sessions() as db:
+            deployment = db.scalars(select(Deployment).where(Deployment.id == deployment_id).with_for_update()).one()
+            running = db.scalar(select(func.count()).select_from(Worker).where(
+                Worker.deployment_id == deployment_id, Worker.state.in_(("starting", "ready")))) or 0
+            if running + deployment.pending_workers >= most:
+                return False
+            deployment.pending_workers += 1
+            deployment.desired_replicas = running + deployment.pending_workers
+            db.commit()
+            return True
+
+    @staticmethod
+    def _release_reservation(db: Session, deployment_id: int) -> None:
+        db.execute(update(Deployment).where(Deployment.id == deployment_id, Deployment.pending_workers > 0)
+                   .values(pending_workers=Deployment.pending_workers - 1))
+
+    def _give_back_reservation(self, deployment_id: int) -> None:
+        with self.context.sessions() as db:
+            self._release_reservation(db, deployment_id)
+            db.commit()
+
+    def _count_desired(self, deployment_id: int) -> None:
+        """``desired_replicas``: the deployment's workers on every replica, and those being started."""
+        with self.context.sessions() as db:
+            running = select(func.count()).select_from(Worker).where(
+                Worker.deployment_id == deployment_id, Worker.state.in_(("starting", "ready"))).scalar_subquery()
+            db.execute(update(Deployment).where(Deployment.id == deployment_id, Deployment.state == "running")
+                       .values(desired_replicas=running + Deployment.pending_workers))
+            db.commit()
 
     async def _wait_ready(self, handle: WorkerHandle) -> None:
         """Until the worker's model has loaded: one ``/healthz?wait`` at a time answers the moment the model
@@ -525,21 +587,31 @@ class Deployments:
 
     async def shrink_idle(self) -> None:
         """Forget workers that ended; stop extra ones (beyond the oldest and ``scaling.min``) that answered
-        nothing for the idle timeout."""
+        nothing for the idle timeout, here or through any other replica."""
         now = time.monotonic()
         for pool in list(self._pools.values()):
             self._drop_dead(pool)  # also reaps a worker this replica started and another one stopped
             keep = max(1, pool.scaling.min)
             for worker_id, worker in list(pool.workers.items())[keep:]:
-                if pool.busy[worker_id] == 0 and now - pool.last_used[worker_id] > pool.scaling.idle_timeout:
+                if pool.busy[worker_id] == 0 and now - pool.last_used[worker_id] > pool.scaling.idle_timeout \
+                        and await run_in_threadpool(self._idle_everywhere, pool, worker):
                     pool.discard(worker)
                     await run_in_threadpool(self._retire, pool, worker)
+
+    def _idle_everywhere(self, pool: Pool, worker: WorkerHandle) -> bool:
+        """Whether no replica sent ``worker`` a prediction for its idle timeout: their uses reach the
+        database once a round, so one round more is allowed, as for putting a deployment to sleep."""
+        quiet = timedelta(seconds=pool.scaling.idle_timeout + self.round_seconds)
+        with self.context.sessions() as db:
+            row = db.scalar(select(Worker).where(Worker.deployment_id == pool.deployment_id, Worker.handle == worker.id,
+                                                 Worker.endpoint == worker.endpoint))
+        return row is not None and utcnow() - (row.last_used_at or row.started_at) > quiet
 
     def _retire(self, pool: Pool, worker: WorkerHandle) -> None:
         if self._claim_stop(pool.deployment_id, [worker]):
             self._collect(worker, pool.repository_id, pool.digest)
             self.runtime.stop(worker)
-        self._update(pool.deployment_id, desired_replicas=len(pool.workers))
+        self._count_desired(pool.deployment_id)
 
     def _claim_stop(self, deployment_id: int, workers: list[WorkerHandle]) -> list[WorkerHandle]:
         """Mark ``workers`` stopped in the database, each only if it was still running; returns those
@@ -564,7 +636,7 @@ class Deployments:
         for deployment_id, repository_id, digest, workers in idle:
             with self.context.sessions() as db:
                 db.execute(update(Deployment).where(Deployment.id == deployment_id, Deployment.state == "running")
-                           .values(state="sleeping", desired_replicas=0))
+                           .values(state="sleeping", desired_replicas=0, pending_workers=0))
                 db.commit()
             claimed = self._claim_stop(deployment_id, workers)
             pool = self._pools.get((repository_id, digest))
@@ -612,7 +684,7 @@ class Deployments:
                                                                                          "crashed")))):
                 alive = db.scalar(select(Worker).where(Worker.deployment_id == deployment.id, Worker.state == "ready"))
                 if alive is None:
-                    deployment.state, deployment.desired_replicas = "sleeping", 0
+                    deployment.state, deployment.desired_replicas, deployment.pending_workers = "sleeping", 0, 0
             db.commit()
 
     def stop_all(self) -> None:
@@ -632,7 +704,7 @@ class Deployments:
                 self.runtime.stop(handle_of(worker))
                 worker.state, worker.stopped_at = "stopped", utcnow()
             for deployment in db.scalars(select(Deployment).where(Deployment.state.in_(("starting", "running")))):
-                deployment.state, deployment.desired_replicas = "sleeping", 0
+                deployment.state, deployment.desired_replicas, deployment.pending_workers = "sleeping", 0, 0
             db.commit()
 
     def _other_replicas(self) -> int:
@@ -643,6 +715,32 @@ class Deployments:
             return len(db.scalars(select(Lease.name).where(Lease.name.startswith("alive:"),
                                                            Lease.name != self.alive_lease,
                                                            Lease.expires_at > recent)).all())
+
+    def retire_deleted(self) -> int:
+        """Deployments of versions whose manifest was deleted: their workers stop (their last runs read
+        first), the runtime removes what it kept for them, and the deployment's row goes."""
+        with self.context.sessions() as db:
+            manifest = select(Manifest.id).where(Manifest.repository_id == Deployment.repository_id,
+                                                 Manifest.digest == Deployment.digest)
+            gone = [(deployment.id, Target(repository.id, repository.name, deployment.digest))
+                    for deployment, repository in db.execute(
+                        select(Deployment, Repository).join(Repository, Repository.id == Deployment.repository_id)
+                        .where(~manifest.exists()))]
+        for deployment_id, target in gone:
+            with self.context.sessions() as db:
+                workers = [handle_of(w) for w in db.scalars(select(Worker).where(
+                    Worker.deployment_id == deployment_id, Worker.state.in_(("starting", "ready"))))]
+            pool = self._pools.pop((target.repository_id, target.digest), None)
+            for handle in self._claim_stop(deployment_id, workers):
+                if pool:
+                    pool.discard(handle)
+                self._collect(handle, target.repository_id, target.digest)
+                self.runtime.stop(handle)
+            self.runtime.remove(target)
+            with self.context.sessions() as db:
+                db.execute(delete(Deployment).where(Deployment.id == deployment_id))
+                db.commit()
+        return len(gone)
 
     def fail_orphaned_runs(self) -> int:
         """Async runs left ``running`` by a replica that died (its alive lease expired) are failed, with
@@ -754,8 +852,8 @@ class Deployments:
         return self.leases.hold(REAPER_LEASE)
 
     async def run_reaper(self, every: float) -> None:
-        """Collect runs, restart crashed workers, put idle deployments to sleep, fail the async runs of
-        replicas that died; forever, on the replica holding the reaper's lease. Every replica shrinks
+        """Collect runs, restart crashed workers, put idle deployments to sleep, retire deleted versions'
+        deployments, fail the async runs of replicas that died; forever, on the replica holding the reaper's lease. Every replica shrinks
         its own pools (a worker is stopped by one replica only: :meth:`_claim_stop`).
 
         One failing round is logged and the next one runs: a dead reaper would leave
@@ -768,6 +866,7 @@ class Deployments:
                     await run_in_threadpool(self.collect_runs)
                     await self.restart_crashed()
                     await run_in_threadpool(self.sleep_idle)
+                    await run_in_threadpool(self.retire_deleted)
                     await run_in_threadpool(self.fail_orphaned_runs)
                 await self.shrink_idle()
             except Exception:  # noqa: BLE001 - logged, and the loop must go on

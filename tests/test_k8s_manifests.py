@@ -79,8 +79,6 @@ CLIENT_RESOURCES = {"deployment": ("apps", "deployments"), "deployment_scale": (
                     "pod": ("", "pods"), "pod_log": ("", "pods/log"), "secret": ("", "secrets"),
                     "job": ("batch", "jobs"), "event": ("", "events"),
                     "network_policy": ("networking.k8s.io", "networkpolicies")}
-# Cluster-scoped reads the runtime makes and does without when refused (it then lets the scheduler decide).
-REFUSED_AND_HANDLED = {"list_node"}
 Manifest = dict[str, Any]
 
 
@@ -560,7 +558,7 @@ def test_the_role_grants_what_the_runtime_calls(overlay: tuple[str, list[Manifes
                for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
     assert api_calls(source) - granted == set()
     cluster_calls = set(re.findall(r"\.((?:create|read|patch|replace|delete|list)_(?!namespaced_)\w+)\(", source))
-    assert cluster_calls <= REFUSED_AND_HANDLED, "cluster-wide calls the Role cannot grant"
+    assert cluster_calls == set(), "cluster-wide calls the Role cannot grant"
 
 
 def test_the_call_scan_reads_client_calls() -> None:

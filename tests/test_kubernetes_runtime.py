@@ -191,6 +191,10 @@ def test_an_unplaceable_gpu_model_answers_why_and_cpu_fallback_runs_on_a_cpu_nod
     assert predict(k8s_registry, f"{other}/h100-or-cpu", "x").status_code == 200
     [pod] = pods_of(double, fallback_digest)
     assert pod["spec"]["nodeName"].startswith("cpu-") and "nvidia.com/gpu" not in json.dumps(pod["spec"])
+    name = deployment_of(double, fallback_digest)["metadata"]["name"]
+    replaced = [r for r in double.api.requests if r[0] == "PUT" and r[1].endswith(f"/deployments/{name}")]
+    assert len(replaced) == 1  # tried on a GPU node first; the scheduler's no, not a node list, sent it to CPU
+    assert not [r for r in double.api.requests if "/nodes" in r[1]]
     wait_for(lambda: not pods_of(double, fallback_digest), "the fallback model sleeping")
 
 
@@ -240,3 +244,21 @@ def test_a_crashed_registry_adopts_the_ready_pods_it_finds(k8s_registry: Registr
     k8s_registry.stop()  # a clean shutdown puts its models to sleep
     wait_for(lambda: not pods_of(double, digest), "the pod going with a clean shutdown")
     k8s_registry.start()
+
+
+def test_a_deleted_version_leaves_no_deployment_secret_or_policy_behind(k8s_registry: RegistryServer,
+                                                                        double: KubernetesDouble,
+                                                                        tmp_path: Path) -> None:
+    user, token, digest = push(k8s_registry, quick_hello(tmp_path, idle_timeout=300), "deleted")
+    kept_user, _, kept = push(k8s_registry, quick_hello(tmp_path / "kept", idle_timeout=301), "kept")
+    for repository in (f"{user}/deleted", f"{kept_user}/kept"):
+        assert predict(k8s_registry, repository, "x").status_code == 200
+    name = deployment_of(double, digest)["metadata"]["name"]
+    assert http(k8s_registry.url, token).delete(f"/v2/{user}/deleted/manifests/{digest}").status_code == 202
+
+    def leftovers() -> list[str]:
+        return [f"{kind}/{name}" for kind in ("deployments", "secrets", "networkpolicies", "pods")
+                for obj in double.objects(kind) if obj["metadata"]["name"].startswith(name)]
+    wait_for(lambda: not leftovers(), "the version's objects being deleted")
+    assert deployment_of(double, kept)["spec"]["replicas"] == 1  # another version's stay
+    assert predict(k8s_registry, f"{kept_user}/kept", "y").status_code == 200

@@ -320,3 +320,14 @@ def test_a_gpu_model_with_no_gpu_profile_is_unschedulable_through_the_registry(
     deployment = status(openfaas_registry, f"{user}/gpu", token)
     assert deployment["state"] == "unschedulable" and "MODELHALL_OPENFAAS_GPU_PROFILE" in deployment["detail"]
     assert gateway.functions == {}
+
+
+def test_a_removed_version_leaves_no_function_or_secret(gateway: OpenFaaSGatewayDouble, tmp_path: Path) -> None:
+    runtime = runtime_for(gateway)
+    runtime.start(bundle_with(tmp_path, ""), Build("env", ""), TARGET, ROOT_PATH)
+    name = function_name(TARGET)
+    assert gateway.function(name) is not None and ("openfaas-fn", f"{name}-pull") in gateway.secrets
+    runtime.remove(TARGET)
+    assert gateway.function(name) is None and not gateway.processes(name)
+    assert ("openfaas-fn", f"{name}-pull") not in gateway.secrets
+    runtime.remove(TARGET)  # removing what is gone already is no error

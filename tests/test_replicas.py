@@ -1,8 +1,8 @@
 """Two registry replicas — two real ``modelhall up`` processes on different ports — on one PostgreSQL
 database and one blob store, sharing their signing key: nothing one replica keeps is needed by the other.
 
-The blob store is chosen in one place, the ``replica_storage`` fixture: a folder both replicas use
-today; an S3 bucket is one more parameter there.
+The blob store is chosen in one place, the ``replica_storage`` fixture: one S3 bucket (a real SeaweedFS),
+as a cluster would run them, and one folder both replicas mount (a shared file system).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from modelhall.registry.db.session import make_engine, make_session_factory, mig
 from modelhall.registry.runs import JournalReader, JournalTaken, RunTicket, RunTickets
 from modelhall.settings import Settings
 from oci_helpers import http, image_manifest, sha256
+from s3_server import SeaweedFS
 from test_runtime import pid_alive, pid_of, predict, push, quick_hello, runs_of, status, wait_for
 from test_oras import oras_client
 from test_sharing import share, urlpath
@@ -55,11 +56,27 @@ def predict(name: str, style: str = "plain") -> str:
     return str(CALLS)
 '''
 
+WHICH_WORKER_MODEL = '''
+import time
+import uuid
 
-@pytest.fixture(scope="module", params=["file"])
-def replica_storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The one blob store both replicas use, as ``MODELHALL_STORAGE``."""
-    return f"file://{tmp_path_factory.mktemp('shared-blobs')}"
+WORKER = uuid.uuid4().hex
+
+
+def predict(name: str, style: str = "plain") -> str:
+    """Answers, slowly, which worker process it is."""
+    time.sleep(1.5)
+    return WORKER
+'''
+
+
+@pytest.fixture(scope="module", params=["s3", "file"])
+def replica_storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The one blob store both replicas use: ``MODELHALL_STORAGE`` and what reaching it takes."""
+    if request.param == "file":
+        return {"MODELHALL_STORAGE": f"file://{tmp_path_factory.mktemp('shared-blobs')}"}
+    s3: SeaweedFS = request.getfixturevalue("s3_server")
+    return {"MODELHALL_STORAGE": s3.storage_url(s3.new_bucket()), **s3.env}
 
 
 @dataclass
@@ -85,12 +102,12 @@ class Replicas:
 
 
 @pytest.fixture(scope="module")
-def replicas(replica_storage: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+def replicas(replica_storage: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     """Replicas A and B: same database, same blob store, same key; each its own port and data folder."""
     root = tmp_path_factory.mktemp("replicas")
     key = secrets.token_urlsafe(48)
     for database in _postgres_database():
-        env = {"MODELHALL_STORAGE": replica_storage, "MODELHALL_SECRET_KEY": key, "MODELHALL_REAPER_INTERVAL": "0.5"}
+        env = {**replica_storage, "MODELHALL_SECRET_KEY": key, "MODELHALL_REAPER_INTERVAL": "0.5"}
         a = RegistryServer(data_dir=root / "a", database=database, extra_env=env)
         b = RegistryServer(data_dir=root / "b", database=database, extra_env=env)
         engine = a.engine()
@@ -121,7 +138,7 @@ def test_a_chunked_upload_started_on_one_replica_is_finished_on_the_other(replic
     digest = sha256(first + second)
     assert b.put(location, params={"digest": digest}).status_code == 201
     assert a.get(location).status_code == 404  # the session is over on every replica
-    assert a.get(f"/v2/{repository}/blobs/{digest}").content == first + second
+    assert a.get(f"/v2/{repository}/blobs/{digest}", follow_redirects=True).content == first + second
 
 
 def test_a_wrong_digest_on_the_other_replica_is_refused_and_publishes_nothing(replicas: Replicas) -> None:
@@ -150,8 +167,8 @@ def test_a_push_to_one_replica_is_pulled_byte_for_byte_from_the_other(replicas: 
           headers={"Content-Type": manifest["mediaType"]}).raise_for_status()
     pulled = b.get(f"/v2/{repository}/manifests/v1", headers={"Accept": manifest["mediaType"]})
     assert pulled.content == sent and pulled.headers["docker-content-digest"] == sha256(sent)
-    assert b.get(f"/v2/{repository}/blobs/{sha256(layer)}").content == layer
-    ranged = b.get(f"/v2/{repository}/blobs/{sha256(layer)}", headers={"Range": "bytes=10-19"})
+    assert b.get(f"/v2/{repository}/blobs/{sha256(layer)}", follow_redirects=True).content == layer
+    ranged = b.get(f"/v2/{repository}/blobs/{sha256(layer)}", headers={"Range": "bytes=10-19"}, follow_redirects=True)
     assert (ranged.status_code, ranged.content) == (206, layer[10:20])
 
 
@@ -200,6 +217,36 @@ def test_a_model_woken_through_one_replica_is_served_through_the_other_and_sleep
     wait_for(lambda: status(other, repository)["state"] == "sleeping", "scaling to zero once neither has requests")
     wait_for(lambda: not pid_alive(pid_of(worker)), "the worker process ending")
     assert [w["state"] for w in status(replicas.b, repository)["workers"]] == ["stopped"]
+
+
+def test_scaling_max_counts_every_replicas_workers_and_a_worker_busy_through_one_is_not_stopped_by_the_other(
+        replicas: Replicas, tmp_path: Path) -> None:
+    bundle = quick_hello(tmp_path, idle_timeout=IDLE_TIMEOUT, model=WHICH_WORKER_MODEL,
+                         scaling=", concurrency: 1, queue: 16")
+    spec = (bundle / "modelhall.yaml").read_text()
+    (bundle / "modelhall.yaml").write_text(spec.replace("min: 0, max: 1", "min: 1, max: 2"))
+    user, _, _ = push(replicas.a, bundle, "elastic")
+    repository = f"{user}/elastic"
+
+    def answers(replica: RegistryServer, calls: int) -> set[str]:
+        with ThreadPoolExecutor(calls) as pool:
+            responses = list(pool.map(lambda i: predict(replica, repository, f"n{i}"), range(calls)))
+        assert [response.status_code for response in responses] == [200] * calls
+        return {response.json()["outputs"]["greeting"] for response in responses}
+
+    first = answers(replicas.a, 1)
+    assert len(first | answers(replicas.a, 6)) == 2  # A, saturated, started the second and last worker
+    ready = [w["id"] for w in status(replicas.a, repository)["workers"] if w["state"] == "ready"]
+    assert len(ready) == 2
+    seen: set[str] = set()
+    until = time.monotonic() + 3 * IDLE_TIMEOUT
+    while time.monotonic() < until:  # B, saturated too, keeps both busy; A sees none of it but in the database
+        seen |= answers(replicas.b, 3)
+    assert len(seen) == 2  # no third worker: B found the most taken and served through A's two
+    workers = status(replicas.b, repository)["workers"]
+    assert [(w["id"], w["state"]) for w in workers] == [(worker, "ready") for worker in ready]
+    wait_for(lambda: [w["state"] for w in status(replicas.a, repository)["workers"]] == ["ready", "stopped"],
+             "the extra worker stopping once neither replica uses it")
 
 
 def test_an_async_run_queued_through_one_replica_runs_exactly_once(replicas: Replicas, tmp_path: Path) -> None:
@@ -258,6 +305,9 @@ def test_a_registry_token_from_one_replica_works_on_the_other_and_a_forged_one_o
         refused = httpx.get(f"{replica.url}/v2/{user}/tokened/blobs/{sha256(blob)}",
                             headers={"Authorization": f"Bearer {forged}"})
         assert refused.status_code == 401
+    accepted = httpx.get(f"{replicas.a.url}/v2/{user}/tokened/blobs/{sha256(blob)}",
+                         headers={"Authorization": f"Bearer {registry_token}"}, follow_redirects=True)
+    assert accepted.content == blob
 
 
 def test_a_demo_ticket_from_one_replica_is_spent_on_the_other(replicas: Replicas, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gradio_client import Client
+from sqlalchemy import text
 
 from conftest import RegistryServer, serve_registry
 from modelhall.bundle import pack_bundle
@@ -123,6 +124,25 @@ def test_first_request_wakes_the_model_and_idle_puts_it_to_sleep(runtime_registr
     assert again.json()["outputs"] == {"greeting": "Hello, Bo."}
     workers = status(runtime_registry, repository)["workers"]
     assert [w["state"] for w in workers] == ["stopped", "ready"] and workers[1]["id"] != worker["id"]
+
+
+def test_a_deleted_version_stops_its_workers_and_is_forgotten(runtime_registry: RegistryServer, tmp_path: Path) -> None:
+    user, token, digest = push(runtime_registry, quick_hello(tmp_path, idle_timeout=300), "deleted")
+    repository = f"{user}/deleted"
+    assert predict(runtime_registry, repository, "Ada").status_code == 200
+    [worker] = status(runtime_registry, repository)["workers"]
+    assert http(runtime_registry.url, token).delete(f"/v2/{repository}/manifests/{digest}").status_code == 202
+    engine = runtime_registry.engine()
+
+    def deployments() -> int:
+        with engine.connect() as db:
+            return db.execute(text("SELECT count(*) FROM deployments WHERE digest = :d"), {"d": digest}).scalar_one()
+    try:
+        wait_for(lambda: deployments() == 0, "the deleted version's deployment being retired")
+    finally:
+        engine.dispose()
+    assert not pid_alive(pid_of(worker))
+    assert predict(runtime_registry, repository, "Bo").status_code == 404
 
 
 def test_steady_requests_keep_the_model_awake_and_its_status_shows_the_last(runtime_registry: RegistryServer,

@@ -65,3 +65,7 @@ class Runtime(Protocol):
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str: ...
 
     def build_log(self, environment: str, lines: int = 200) -> str: ...
+
+    def remove(self, target: Target) -> None:
+        """Forget what the runtime keeps for a deleted version beyond its workers (which the registry has
+        stopped): a cluster's Deployment and what it owns, a function and its secret."""

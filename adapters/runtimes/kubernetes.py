@@ -61,7 +61,11 @@ WATCH_SECONDS = 300
 
 
 class NoNodeError(UnschedulableError):
-    """No node of the cluster can run the version's pod (the scheduler's message says why)."""
+    """No pod of the version became ready in time."""
+
+
+class UnplaceableError(NoNodeError):
+    """The scheduler found no node for the version's pod (its message says why)."""
 
 
 class NetworkNotAllowedError(UnschedulableError):
@@ -315,8 +319,7 @@ class KubernetesRuntime:
         except ApiException as error:
             if error.status != 404:
                 raise
-            fallback = spec.resources.gpu.count > 0 and spec.resources.gpu.cpu_fallback and not self._gpu_fits(spec)
-            manifest = self.deployment_manifest(spec, target, root_path, gpu=not fallback)
+            manifest = self.deployment_manifest(spec, target, root_path)
             created = self.apps.create_namespaced_deployment(self.namespace, manifest)
             found = {"metadata": {"uid": created.metadata.uid}, "spec": {"replicas": 0}}
         owner = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": found["metadata"]["uid"],
@@ -339,17 +342,23 @@ class KubernetesRuntime:
                 raise
         return found
 
-    def _gpu_fits(self, spec: Spec) -> bool:
-        """Whether some node offers the GPUs the spec asks for (for ``cpu_fallback``: else CPU nodes)."""
-        placement = self._gpu_placement(spec)
-        wanted = spec.resources.gpu.count
-        selector = placement.get("nodeSelector", {})
-        try:
-            nodes = self.core.list_node().items
-        except ApiException:
-            return True  # the registry may not list nodes (its Role is namespaced): let the scheduler decide
-        return any(int((node.status.allocatable or {}).get(GPU, "0")) >= wanted
-                   and all((node.metadata.labels or {}).get(k) == v for k, v in selector.items()) for node in nodes)
+    def _fall_back_to_cpu(self, spec: Spec, target: Target, root_path: str) -> bool:
+        """Give the version's Deployment the pod template without GPUs, and as many replicas as are wanted
+        now, if it has the GPU one still. The scheduler, not the registry, has said that no GPU node fits:
+        the registry's Role is namespaced, it may not read nodes. It stays on CPU nodes until the
+        Deployment is made again."""
+        name = deployment_name(target)
+        with self._lock(name):
+            deployment: dict[str, Any] = json.loads(
+                self.apps.read_namespaced_deployment(name, self.namespace, _preload_content=False).data)
+            [container] = deployment["spec"]["template"]["spec"]["containers"]
+            if GPU not in container["resources"].get("limits", {}):
+                return False
+            deployment["spec"]["template"] = self.deployment_manifest(spec, target, root_path,
+                                                                      gpu=False)["spec"]["template"]
+            deployment["spec"]["replicas"] = len(self._handed.get(name, ())) + self._claims[name]
+            self.apps.replace_namespaced_deployment(name, self.namespace, deployment)
+        return True
 
     def _scale(self, name: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment_scale(name, self.namespace, {"spec": {"replicas": replicas}},
@@ -371,7 +380,13 @@ class KubernetesRuntime:
             if found["spec"].get("replicas", 0) < wanted:
                 self._scale(name, wanted)
         try:
-            return self._wait_for_pod(spec, name, handed)
+            try:
+                return self._wait_for_pod(spec, name, handed)
+            except UnplaceableError:
+                if not (spec.resources.gpu.count and spec.resources.gpu.cpu_fallback
+                        and self._fall_back_to_cpu(spec, target, root_path)):
+                    raise
+                return self._wait_for_pod(spec, name, handed)
         finally:
             with self._lock(name):
                 self._claims[name] -= 1
@@ -407,7 +422,7 @@ class KubernetesRuntime:
                     self._scale(name, len(handed) + self._claims[name] - 1)  # the pending pod does not linger
                     break
         if isinstance(found, str):
-            raise NoNodeError(f"no node can run the model: {found}")
+            raise UnplaceableError(f"no node can run the model: {found}")
         raise NoNodeError(f"no pod of the model became ready within {spec.runtime.startup_timeout:g} s")
 
     def _handle(self, pod: dict[str, Any]) -> WorkerHandle:

@@ -266,6 +266,10 @@ class LocalRuntime:
     def build_log(self, environment: str, lines: int = 200) -> str:
         return self.environments.log(environment, lines)
 
+    def remove(self, target: Target) -> None:
+        """Nothing is left to remove: a local worker leaves nothing behind but its process, and an
+        environment belongs to a requirements hash that other versions may share."""
+
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str:
         log = self.logs_dir / f"{self._parts(worker)[0]}.log"
         if not log.exists():

@@ -156,6 +156,20 @@ class Gateway:
     def update(self, function: dict[str, Any]) -> None:
         self._call("PUT", "/system/functions", json=function)
 
+    def delete(self, name: str) -> None:
+        """Delete the function, if it is there."""
+        self._delete("/system/functions", {"functionName": name, "namespace": self.namespace})
+
+    def delete_secret(self, name: str) -> None:
+        self._delete("/system/secrets", {"name": name, "namespace": self.namespace})
+
+    def _delete(self, path: str, body: dict[str, str]) -> None:
+        try:
+            self._call("DELETE", path, json=body)
+        except GatewayError as error:
+            if error.status != 404:
+                raise
+
     def put_secret(self, name: str, value: str) -> None:
         """Create the secret, or replace its value if it exists."""
         secret = {"name": name, "namespace": self.namespace, "value": value}
@@ -300,6 +314,12 @@ class OpenFaaSRuntime:
         if self.config.pro or self.scaler is None:
             return
         self.scaler.scale(self._name(worker), self.config.namespace, 0)
+
+    def remove(self, target: Target) -> None:
+        """Delete the version's function and its pull secret."""
+        name = function_name(target)
+        self.gateway.delete(name)
+        self.gateway.delete_secret(f"{name}-pull")
 
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str:
         try:

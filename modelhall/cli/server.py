@@ -40,7 +40,9 @@ def up(host: Annotated[str, typer.Option(help="interface to listen on")] = "127.
         os.environ.setdefault("MODELHALL_GALLERY_URL", f"http://{host}:{gallery_port}")
     from modelhall.registry.app import create_app
     from modelhall.registry.demo_origin import OriginDispatcher, create_demo_app
+    from modelhall.registry.memory import return_large_buffers
 
+    return_large_buffers()
     app = create_app()
     context = app.state.context
     console.print(f"Modelhall registry on {url}  (data in {context.settings.data_dir.resolve()})\n"

@@ -260,6 +260,9 @@ class Deployment(Base):
     state: Mapped[str] = mapped_column(String(16), default="sleeping")  # sleeping|starting|running|failed
     state_detail: Mapped[str | None] = mapped_column(Text)
     desired_replicas: Mapped[int] = mapped_column(default=0)
+    # extra workers a replica has been allowed to start and has not recorded yet: with the recorded
+    # ones, what ``scaling.max`` caps across every replica
+    pending_workers: Mapped[int] = mapped_column(default=0, server_default="0")
     restarts: Mapped[int] = mapped_column(default=0)
     last_request_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -282,6 +285,7 @@ class Worker(Base):
     stopped_at: Mapped[datetime | None]
     journal_cursor: Mapped[int] = mapped_column(default=0)  # the last journal entry read from it
     journal_error: Mapped[str | None] = mapped_column(Text)  # why entries of its journal were refused
+    last_used_at: Mapped[datetime | None]  # its last prediction through any replica, written once a round
 
 
 class Run(Base):
