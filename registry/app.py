@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
-from modelhall.adapters.runtimes.base import Runtime
+from modelhall.adapters.runtimes.base import EnvironmentArtifacts, Runtime
 from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.runtimes.openfaas import open_openfaas_runtime
 from modelhall.adapters.storage import open_blob_store
@@ -28,6 +28,7 @@ from modelhall.registry.catalog import refresh_stale_catalogs
 from modelhall.registry.context import RegistryContext
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
 from modelhall.registry.deployments import Deployments
+from modelhall.registry.environments import StoredEnvironments
 from modelhall.registry.gc import run_periodic_collection
 from modelhall.registry.redaction import install_redaction
 from modelhall.registry.security_headers import SecurityHeaders
@@ -42,11 +43,11 @@ SESSION_COOKIE = "modelhall_session"
 DOCS_ASSETS = "/docs/assets"
 
 
-def open_runtime(settings: Settings) -> Runtime:
+def open_runtime(settings: Settings, artifacts: EnvironmentArtifacts) -> Runtime:
     if settings.runtime == "kubernetes":
         from modelhall.adapters.runtimes.kubernetes import KubernetesRuntime  # the client is imported only here
 
-        return KubernetesRuntime(settings)
+        return KubernetesRuntime(settings, artifacts)
     if settings.runtime == "openfaas":
         return open_openfaas_runtime(settings)
     return LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
@@ -62,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               store=open_blob_store(settings.storage_url, settings.s3_defaults))
     with context.sessions() as db:
         refresh_stale_catalogs(db)
-    deployments = Deployments(context, open_runtime(settings), wake_timeout=settings.wake_timeout)
+    runtime = open_runtime(settings, StoredEnvironments(context.sessions, context.store))
+    deployments = Deployments(context, runtime, wake_timeout=settings.wake_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -360,11 +360,11 @@ class Deployments:
             pass
         return target
 
-    def _build(self, deployment_id: int, digest: str) -> tuple[Path, Build]:
+    def _build(self, deployment_id: int, target: Target) -> tuple[Path, Build]:
         self._update(deployment_id, build_status="building")
         try:
-            bundle = self._bundle_dir(digest)
-            build = self.runtime.build(bundle)
+            bundle = self._bundle_dir(target.digest)
+            build = self.runtime.build(bundle, target)
         except Exception as error:  # unpacking, a bad requirements file, the installer failing
             self._update(deployment_id, build_status="failed", build_error=str(error), state="failed",
                          state_detail=f"build failed: {error}")
@@ -475,8 +475,8 @@ class Deployments:
         """Build if needed, start one worker and wait until it is ready; it joins the version's pool.
         A ``reserved`` worker (see :meth:`_reserve_worker`) gives its place back if it never starts."""
         try:
-            bundle, build = await run_in_threadpool(self._build, deployment_id, version.digest)
             target = Target(version.repository.id, version.repository.name, version.digest)
+            bundle, build = await run_in_threadpool(self._build, deployment_id, target)
             handle = await run_in_threadpool(self.runtime.start, bundle, build, target, version.demo_path)
         except BaseException:
             if reserved:

@@ -71,7 +71,7 @@ OPERATOR_SECRETS = {"production": {"modelhall-secrets", "modelhall-tls"}}
 # and the Kubernetes runtime's, which the runtime adds to Settings (issue 16).
 OTHER_SETTINGS = {"MODELHALL_PUBLIC_URL", "MODELHALL_K8S_NAMESPACE", "MODELHALL_K8S_IMAGE", "MODELHALL_K8S_REGISTRY_URL",
                   "MODELHALL_K8S_REGISTRY_NAMESPACE", "MODELHALL_K8S_REGISTRY_LABELS"}
-RUNTIME_MODULE = ROOT / "adapters" / "runtimes" / "kubernetes.py"
+RUNTIME_MODULES = [ROOT / "adapters" / "runtimes" / name for name in ("kubernetes.py", "kubernetes_builds.py")]
 # kubernetes client methods → (API group, resource, verb); list_* under a watch also needs watch.
 CLIENT_VERBS = {"create": "create", "read": "get", "patch": "patch", "replace": "update", "delete": "delete",
                 "list": "list"}
@@ -551,9 +551,7 @@ def api_calls(source: str) -> set[tuple[str, str, str]]:
 
 
 def test_the_role_grants_what_the_runtime_calls(overlay: tuple[str, list[Manifest]]) -> None:
-    if not RUNTIME_MODULE.exists():
-        pytest.skip("the Kubernetes runtime (adapters/runtimes/kubernetes.py) is not in this tree")
-    source = RUNTIME_MODULE.read_text()
+    source = "\n".join(module.read_text() for module in RUNTIME_MODULES)
     granted = {(group, resource, verb) for rule in find(overlay[1], "Role", "modelhall-runtime")["rules"]
                for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
     assert api_calls(source) - granted == set()
@@ -757,15 +755,16 @@ def test_the_build_stage_has_what_the_package_build_needs(tmp_path: Path) -> Non
         assert needed in names, needed
 
 
-def test_the_runtimes_command_runs_in_the_model_server_image() -> None:
-    """The runtime gives each model pod its own command (``python -m …``): ``python`` must be the image's
-    virtualenv, where modelhall is installed, and the module must be one the package has."""
-    if not RUNTIME_MODULE.exists():
-        pytest.skip("the Kubernetes runtime (adapters/runtimes/kubernetes.py) is not in this tree")
-    (command,) = re.findall(r"^BOOTSTRAP = (\[.*\])$", RUNTIME_MODULE.read_text(), re.MULTILINE)
-    program, flag, module = json.loads(command)
+@pytest.mark.parametrize(("module", "constant"), [("kubernetes.py", "BOOTSTRAP"),
+                                                  ("kubernetes_builds.py", "BUILD_COMMAND")])
+def test_the_runtimes_commands_run_in_the_model_server_image(module: str, constant: str) -> None:
+    """The runtime gives model pods and build Jobs their own command (``python -m …``): ``python`` must be
+    the image's virtualenv, where modelhall is installed, and the module must be one the package has."""
+    source = (ROOT / "adapters" / "runtimes" / module).read_text()
+    (command,) = re.findall(rf"^{constant} = (\[.*\])$", source, re.MULTILINE)
+    program, flag, entry = json.loads(command)
     assert (program, flag) == ("python", "-m")
-    assert importlib.util.find_spec(module) is not None, module
+    assert importlib.util.find_spec(entry) is not None, entry
 
 
 def test_the_model_server_image_has_uv() -> None:

@@ -6,7 +6,10 @@ which fetch their bundle from the registry with their version pull token and ans
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -16,6 +19,7 @@ from conftest import RegistryServer, serve_registry
 from kubernetes_double import KubernetesDouble, Node, gpu_node
 from modelhall.bundle import pack_bundle
 from oci_helpers import http, push_packed
+from test_environments import make_wheel
 from test_runtime import predict, push, quick_hello, status, wait_for
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -37,8 +41,29 @@ def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubernetesDoubl
 
 
 @pytest.fixture(scope="module")
-def k8s_registry(double: KubernetesDouble, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    yield from serve_registry("sqlite", tmp_path_factory.mktemp("registry"), kubernetes_env(double))
+def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A package index over HTTP, as a cluster's builds reach one (``alpha`` 1.0 only): a folder of
+    wheels and its listing page, which uv reads as ``--find-links``."""
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    make_wheel(folder, "alpha", "1.0")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietFiles, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture(scope="module")
+def k8s_registry(double: KubernetesDouble, package_index: str,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    index = {"UV_NO_INDEX": "1", "UV_FIND_LINKS": package_index}  # the operator's index settings reach the Jobs
+    yield from serve_registry("sqlite", tmp_path_factory.mktemp("registry"), kubernetes_env(double, **index))
 
 
 def with_resources(bundle: Path, resources: str) -> Path:
@@ -262,3 +287,61 @@ def test_a_deleted_version_leaves_no_deployment_secret_or_policy_behind(k8s_regi
     wait_for(lambda: not leftovers(), "the version's objects being deleted")
     assert deployment_of(double, kept)["spec"]["replicas"] == 1  # another version's stay
     assert predict(k8s_registry, f"{kept_user}/kept", "y").status_code == 200
+
+
+ALPHA_MODEL = """
+import alpha
+
+
+def predict(name, style="plain"):
+    return f"alpha {alpha.VERSION}, fetched: {'/environment/' in alpha.__file__}"
+"""
+
+
+def needing(tmp_path: Path, requirement: str) -> Path:
+    bundle = quick_hello(tmp_path, idle_timeout=300, model=ALPHA_MODEL)
+    (bundle / "requirements.txt").write_text(f"{requirement}\n")
+    return bundle
+
+
+def jobs_for(double: KubernetesDouble, key: str | None = None) -> list[dict]:
+    return double.objects("jobs", f"modelhall.io/environment={key}" if key else "app.kubernetes.io/component=environment-build")
+
+
+def test_a_model_needing_more_than_the_image_runs_on_an_environment_a_job_built_once(
+        k8s_registry: RegistryServer, double: KubernetesDouble, tmp_path: Path) -> None:
+    before = {job["metadata"]["name"] for job in jobs_for(double)}
+    user, token, digest = push(k8s_registry, needing(tmp_path / "a", "alpha==1.0"), "needs-alpha")
+    answer = predict(k8s_registry, f"{user}/needs-alpha", "x")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == {"greeting": "alpha 1.0, fetched: True"}  # fetched, not in the image
+    [job] = [job for job in jobs_for(double) if job["metadata"]["name"] not in before]
+    pod_spec = job["spec"]["template"]["spec"]
+    [container] = pod_spec["containers"]
+    assert pod_spec["automountServiceAccountToken"] is False and pod_spec["restartPolicy"] == "Never"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "MODELHALL_PUSH_TOKEN" not in [e["name"] for e in container["env"] if "value" in e]  # from a Secret
+    env = {e["name"]: e["value"] for e in deployment_of(double, digest)["spec"]["template"]["spec"]["containers"][0]["env"]
+           if "value" in e}
+    artifact = env["MODELHALL_ENVIRONMENT"]
+    manifest = http(k8s_registry.url, token).get(f"/v2/{user}/needs-alpha/manifests/{artifact}",
+                                                 headers={"Accept": OCI_MANIFEST}).json()
+    assert manifest["artifactType"] == "application/vnd.modelhall.environment.v1"
+    build_log = http(k8s_registry.url, token).get(f"/api/v1/repos/{user}/needs-alpha/deployment/logs",
+                                                  params={"build": "true"})
+    assert f"environment {artifact}" in build_log.text  # the Job's own output, through the API
+
+    other, other_token, _ = push(k8s_registry, needing(tmp_path / "b", "alpha==1.0"), "also-alpha")
+    assert predict(k8s_registry, f"{other}/also-alpha", "y").json()["outputs"] == {"greeting": "alpha 1.0, fetched: True"}
+    assert len([job for job in jobs_for(double) if job["metadata"]["name"] not in before]) == 1  # built once
+
+
+def test_a_failing_environment_build_fails_the_version_with_the_installers_words(
+        k8s_registry: RegistryServer, double: KubernetesDouble, tmp_path: Path) -> None:
+    user, token, _ = push(k8s_registry, needing(tmp_path, "alpha==9.9"), "no-such-alpha")
+    answer = predict(k8s_registry, f"{user}/no-such-alpha", "x")
+    assert (answer.status_code, answer.json()["status"]) == (502, "failed"), answer.text
+    deployment = status(k8s_registry, f"{user}/no-such-alpha", token)
+    assert deployment["state"] == "failed" and "there is no version of alpha==9.9" in deployment["detail"]
+    assert "the installer failed (exit status 1)" in deployment["detail"]
+    assert "Traceback" not in deployment["detail"]

@@ -107,8 +107,8 @@ def test_requirements_beyond_the_images_packages_are_refused_with_their_names(ga
     bundle = bundle_with(tmp_path, "")
     (bundle / "requirements.txt").write_text("surely-not-in-the-image-pkg==1.0\n")
     with pytest.raises(ValueError, match="surely-not-in-the-image-pkg==1.0 not in the model-server image; on OpenFaaS"):
-        runtime_for(gateway).build(bundle)
-    assert runtime_for(gateway).build(bundle_with(tmp_path / "plain", "")).environment == "image"
+        runtime_for(gateway).build(bundle, TARGET)
+    assert runtime_for(gateway).build(bundle_with(tmp_path / "plain", ""), TARGET).environment == "image"
 
 
 def test_a_second_start_updates_the_function_and_the_secret_in_place(gateway: OpenFaaSGatewayDouble,

@@ -272,6 +272,8 @@ def bundle_with(tmp_path: Path, package: str, files: dict[str, str] | None = Non
         (bundle / name).write_text(content)
     return bundle
 
+TARGET = Target(1, "test/model", "sha256:" + "0" * 64)
+
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> LocalRuntime:
@@ -288,7 +290,7 @@ def test_a_requirements_file_outside_the_bundle_is_refused_by_name(runtime: Loca
                                                                    requirements: str) -> None:
     monkeypatch.setenv("MODELHALL_SECRET_KEY", "registry-signing-key")
     with pytest.raises(SpecError) as refused:
-        runtime.build(bundle_with(tmp_path, f"{{requirements_file: {requirements}}}"))
+        runtime.build(bundle_with(tmp_path, f"{{requirements_file: {requirements}}}"), TARGET)
     assert str(refused.value).startswith("modelhall.yaml:3: package.requirements_file: ")
     assert "registry-signing-key" not in str(refused.value)
 
@@ -297,7 +299,7 @@ def test_a_link_out_of_the_bundle_is_refused_by_name(runtime: LocalRuntime, tmp_
     bundle = bundle_with(tmp_path, "{requirements_file: requirements.txt}")
     (bundle / "requirements.txt").symlink_to(runtime.data_dir / "secret.key")
     with pytest.raises(SpecError) as refused:
-        runtime.build(bundle)
+        runtime.build(bundle, TARGET)
     assert str(refused.value) == ("modelhall.yaml:3: package.requirements_file: leads outside the bundle through a "
                                   "symbolic link; name a file in it")
 
@@ -306,7 +308,7 @@ def test_a_link_out_of_the_bundle_is_refused_by_name(runtime: LocalRuntime, tmp_
 def test_package_python_is_a_version_never_a_file(runtime: LocalRuntime, tmp_path: Path, python: str) -> None:
     bundle = bundle_with(tmp_path, f"{{python: '{python}'}}", {"interpreter.sh": "#!/bin/sh\ntouch /tmp/ran\n"})
     with pytest.raises(SpecError, match=r"modelhall.yaml:3: package.python: .* is not a Python version such as 3.11"):
-        runtime.build(bundle)
+        runtime.build(bundle, TARGET)
 
 
 @pytest.mark.parametrize("line", ["./evil", "evil @ file:///{bundle}/evil", "-e ./evil", "evil/"])
@@ -322,7 +324,7 @@ def test_a_local_package_is_refused_before_its_build_backend_runs(runtime: Local
     (bundle / "requirements.txt").write_text("numpy-not-needed-here ; python_version < '3'\n"
                                              + line.format(bundle=bundle) + "\n")
     with pytest.raises(EnvironmentBuildError, match=r"^requirements.txt:2: (a local file|options|a direct reference)"):
-        runtime.build(bundle)
+        runtime.build(bundle, TARGET)
     assert not marker.exists()
 
 
@@ -389,7 +391,7 @@ def test_a_models_processes_end_with_its_worker_even_those_that_left_its_session
                                           f"'import time; time.sleep(1000)  # {token}'], start_new_session=True)\n\n"
                                           "def predict(name, style='plain'):\n    return name\n")
     runtime = LocalRuntime(tmp_path / "data")
-    worker = runtime.start(bundle, runtime.build(bundle), Target(1, "test/model", "sha256:" + "0" * 64), "/live/test")
+    worker = runtime.start(bundle, runtime.build(bundle, TARGET), TARGET, "/live/test")
     with httpx.Client(transport=httpx.HTTPTransport(uds=worker.unix_socket), base_url="http://worker") as client:
         assert client.get("/healthz", params={"wait": 60}, timeout=90).status_code == 200
     wait_for(lambda: processes_mentioning(token), "the daemon starting")

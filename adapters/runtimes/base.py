@@ -50,10 +50,19 @@ class Target:
 class Build:
     environment: str
     log: str
+    artifact: str | None = None  # a cluster runtime's: the digest of the environment artifact its pods fetch
+
+
+class EnvironmentArtifacts(Protocol):
+    """The registry's record of built environments, for runtimes that build them in the cluster."""
+
+    def find(self, key: str, repository: str) -> str | None:
+        """The digest of the environment artifact built for ``key``, recorded in ``repository``."""
 
 
 class Runtime(Protocol):
-    def build(self, bundle: Path) -> Build: ...
+    def build(self, bundle: Path, target: Target) -> Build:
+        """The environment ``target`` (the version, unpacked at ``bundle``) runs in."""
 
     def start(self, bundle: Path, build: Build, target: Target, root_path: str) -> WorkerHandle:
         """Start a worker; ``root_path`` is the public path prefix its demo is served under."""

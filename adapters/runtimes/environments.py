@@ -56,7 +56,8 @@ LOG_BYTES = 4 * 1024**2  # of the installer's output kept in <key>.log
 OUTPUT_BYTES = 1024**2  # of its output kept in memory, from the end (errors, freeze)
 MAX_REQUIREMENTS_BYTES = 1024**2
 # Settings of the operator's that uv needs to reach a package index; they reach the build's code too.
-UV_PASSTHROUGH = ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_NATIVE_TLS", "SSL_CERT_FILE",
+UV_PASSTHROUGH = ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_FIND_LINKS", "UV_NO_INDEX",
+                  "UV_NATIVE_TLS", "SSL_CERT_FILE",
                   "SSL_CERT_DIR",
                   "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy",
                   "all_proxy")
@@ -211,21 +212,31 @@ def split_by_installed(requirements: tuple[str, ...]) -> tuple[tuple[str, ...], 
 IMAGE_ENVIRONMENT = "image"  # the model-server image's own packages: no environment to fetch
 
 
-def image_environment(bundle: Path, where: str) -> Build:
-    """A version's environment where the model-server image runs it (``where``: "on Kubernetes"): the image's
-    packages, when they satisfy its requirements. Requirements beyond them are refused with their names:
-    building them (a Job per requirements hash, stored as an OCI artifact) is not done yet."""
+IMAGE_BUILD = Build(environment=IMAGE_ENVIRONMENT, log="the model-server image's packages satisfy the requirements")
+
+
+def beyond_the_image(bundle: Path) -> tuple[str, EnvironmentSpec]:
+    """A version's requirements file, and what its environment is built from where the model-server image
+    runs it: the requirements the image's packages (the platform's) do not satisfy."""
     spec = load_spec_file(bundle)
     if spec.package.type == "conda":
         raise ValueError("conda environments are not supported; use package.type: pip")
     source = spec.package.requirements or "requirements.txt"
     text = read_requirements(bundle / source, source) if spec.package.requirements else ""
-    missing, _provided = split_by_installed(parse_requirements(text, source))
-    if missing:
-        names = ", ".join(str(requirement) for requirement in missing)
+    missing, provided = split_by_installed(parse_requirements(text, source))
+    return source, EnvironmentSpec(default_python(), missing, provided)
+
+
+def image_environment(bundle: Path, where: str) -> Build:
+    """A version's environment where the model-server image runs it and nothing builds more (``where``:
+    "on OpenFaaS"): the image's packages, when they satisfy its requirements; what they do not is refused
+    with its names."""
+    source, needed = beyond_the_image(bundle)
+    if needed.requirements:
+        names = ", ".join(needed.requirements)
         raise ValueError(f"{source}: {names} not in the model-server image; {where} a model may "
-                         "use only the image's packages for now")
-    return Build(environment=IMAGE_ENVIRONMENT, log="the model-server image's packages satisfy the requirements")
+                         "use only the image's packages")
+    return IMAGE_BUILD
 
 
 def default_python() -> str:

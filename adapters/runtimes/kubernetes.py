@@ -37,8 +37,8 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from modelhall.adapters.runtimes.base import Build, Target, UnschedulableError, WorkerHandle
-from modelhall.adapters.runtimes.environments import image_environment
+from modelhall.adapters.runtimes.base import Build, EnvironmentArtifacts, Target, UnschedulableError, WorkerHandle
+from modelhall.adapters.runtimes.kubernetes_builds import EnvironmentJobs
 from modelhall.registry.auth.tokens import issue_version_pull_token
 from modelhall.settings import Settings
 from modelhall.spec import Spec, load_spec_file
@@ -58,6 +58,10 @@ BOOTSTRAP = ["python", "-m", "modelhall.showcase.bootstrap"]
 STARTUP_PERIOD_SECONDS = 2
 MERGE_PATCH = "application/merge-patch+json"
 WATCH_SECONDS = 300
+CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
+                "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 class NoNodeError(UnschedulableError):
@@ -163,7 +167,7 @@ class PodCache:
 
 
 class KubernetesRuntime:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, artifacts: EnvironmentArtifacts):
         self.settings = settings
         self.namespace = settings.k8s_namespace
         if not settings.k8s_image:
@@ -174,6 +178,8 @@ class KubernetesRuntime:
         self.core = client.CoreV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
         self.pods = PodCache(self.core, self.namespace)
+        self.environments = EnvironmentJobs(api_client, settings, self.registry_url, self.pods, artifacts,
+                                            {"container": CONTAINER_SECURITY, "pod": POD_SECURITY})
         self._handed: dict[str, set[str]] = {}  # deployment → pods this registry uses
         self._claims: dict[str, int] = {}  # deployment → starts waiting for a pod now
         self._locks: dict[str, threading.Lock] = {}
@@ -193,12 +199,12 @@ class KubernetesRuntime:
 
     # --- environments -------------------------------------------------------------------------
 
-    def build(self, bundle: Path) -> Build:
-        """The version's environment: the model-server image's packages (see ``image_environment``)."""
-        return image_environment(bundle, "on Kubernetes")
+    def build(self, bundle: Path, target: Target) -> Build:
+        """The version's environment: the model-server image's packages, or an artifact a Job built."""
+        return self.environments.build(bundle, target)
 
     def build_log(self, environment: str, lines: int = 200) -> str:
-        return ""
+        return self.environments.log(environment, lines)
 
     # --- the version's objects ----------------------------------------------------------------
 
@@ -232,8 +238,10 @@ class KubernetesRuntime:
             placement["runtimeClassName"] = self.settings.k8s_gpu_runtime_class
         return placement
 
-    def deployment_manifest(self, spec: Spec, target: Target, root_path: str, gpu: bool = True) -> dict[str, Any]:
-        """The version's Deployment (``replicas: 0``); ``gpu=False`` is the CPU fallback's."""
+    def deployment_manifest(self, spec: Spec, target: Target, root_path: str, gpu: bool = True,
+                            environment: str | None = None) -> dict[str, Any]:
+        """The version's Deployment (``replicas: 0``); ``gpu=False`` is the CPU fallback's; ``environment``
+        the digest of the environment artifact its pods fetch, if the image's packages are not enough."""
         name = deployment_name(target)
         labels = self._labels(target, name)
         resources = spec.resources
@@ -258,6 +266,7 @@ class KubernetesRuntime:
                 {"name": "HOME", "value": "/tmp"},
                 {"name": "TMPDIR", "value": "/tmp"},
                 {"name": "GRADIO_TEMP_DIR", "value": "/tmp/gradio"},
+                *([{"name": "MODELHALL_ENVIRONMENT", "value": environment}] if environment else []),
             ],
             "resources": {"requests": {"cpu": quantity(resources.cpu), "memory": memory},
                           "limits": {"cpu": quantity(resources.cpu), "memory": memory,
@@ -267,16 +276,13 @@ class KubernetesRuntime:
                              "failureThreshold": max(1, math.ceil(spec.runtime.startup_timeout
                                                                   / STARTUP_PERIOD_SECONDS))},
             "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 3},
-            "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
-                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": CONTAINER_SECURITY,
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         }
         pod_spec: dict[str, Any] = {
             "containers": [container],
             "automountServiceAccountToken": False, "enableServiceLinks": False,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": POD_SECURITY,
             "terminationGracePeriodSeconds": 10,
             "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": str(resources.disk)}}],
             **{key: value for key, value in placement.items() if key != "limits"},
@@ -303,14 +309,17 @@ class KubernetesRuntime:
                                                                      "port": self.settings.k8s_model_port}]}],
                          "egress": egress}}
 
-    def _secret(self, name: str, labels: dict[str, str], target: Target, owner: list[dict[str, Any]]) -> dict[str, Any]:
-        token = issue_version_pull_token(self.settings.signing_key, target.repository, [target.digest],
+    def _secret(self, name: str, labels: dict[str, str], target: Target, owner: list[dict[str, Any]],
+                environment: str | None) -> dict[str, Any]:
+        """The version pull token: the bundle's manifest and, if there is one, its environment artifact."""
+        token = issue_version_pull_token(self.settings.signing_key, target.repository,
+                                         [target.digest, *([environment] if environment else [])],
                                          self.settings.k8s_pull_token_ttl)
         return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": name, "labels": labels, "ownerReferences": owner},
                 "stringData": {"token": token}}
 
-    def _ensure(self, spec: Spec, target: Target, root_path: str) -> dict[str, Any]:
+    def _ensure(self, spec: Spec, target: Target, root_path: str, environment: str | None) -> dict[str, Any]:
         """The version's Deployment, created with its Secret and NetworkPolicy if new; the token renewed at a wake."""
         name = deployment_name(target)
         try:
@@ -319,13 +328,13 @@ class KubernetesRuntime:
         except ApiException as error:
             if error.status != 404:
                 raise
-            manifest = self.deployment_manifest(spec, target, root_path)
+            manifest = self.deployment_manifest(spec, target, root_path, environment=environment)
             created = self.apps.create_namespaced_deployment(self.namespace, manifest)
             found = {"metadata": {"uid": created.metadata.uid}, "spec": {"replicas": 0}}
         owner = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": found["metadata"]["uid"],
                   "controller": True, "blockOwnerDeletion": True}]
         labels = self._labels(target, name)
-        secret = self._secret(name, labels, target, owner)
+        secret = self._secret(name, labels, target, owner, environment)
         if not found["spec"].get("replicas"):  # asleep: a fresh token for this wake
             try:
                 self.core.replace_namespaced_secret(name, self.namespace, secret)
@@ -342,7 +351,7 @@ class KubernetesRuntime:
                 raise
         return found
 
-    def _fall_back_to_cpu(self, spec: Spec, target: Target, root_path: str) -> bool:
+    def _fall_back_to_cpu(self, spec: Spec, target: Target, root_path: str, environment: str | None) -> bool:
         """Give the version's Deployment the pod template without GPUs, and as many replicas as are wanted
         now, if it has the GPU one still. The scheduler, not the registry, has said that no GPU node fits:
         the registry's Role is namespaced, it may not read nodes. It stays on CPU nodes until the
@@ -354,8 +363,8 @@ class KubernetesRuntime:
             [container] = deployment["spec"]["template"]["spec"]["containers"]
             if GPU not in container["resources"].get("limits", {}):
                 return False
-            deployment["spec"]["template"] = self.deployment_manifest(spec, target, root_path,
-                                                                      gpu=False)["spec"]["template"]
+            deployment["spec"]["template"] = self.deployment_manifest(spec, target, root_path, gpu=False,
+                                                                      environment=environment)["spec"]["template"]
             deployment["spec"]["replicas"] = len(self._handed.get(name, ())) + self._claims[name]
             self.apps.replace_namespaced_deployment(name, self.namespace, deployment)
         return True
@@ -372,7 +381,7 @@ class KubernetesRuntime:
         name = deployment_name(target)
         self.pods.wait_synced()
         with self._lock(name):
-            found = self._ensure(spec, target, root_path)
+            found = self._ensure(spec, target, root_path, build.artifact)
             handed = self._handed.setdefault(name, set())
             handed &= {pod["metadata"]["name"] for pod in self.pods.of(name)}
             self._claims[name] = claims = self._claims.get(name, 0) + 1
@@ -384,7 +393,7 @@ class KubernetesRuntime:
                 return self._wait_for_pod(spec, name, handed)
             except UnplaceableError:
                 if not (spec.resources.gpu.count and spec.resources.gpu.cpu_fallback
-                        and self._fall_back_to_cpu(spec, target, root_path)):
+                        and self._fall_back_to_cpu(spec, target, root_path, build.artifact)):
                     raise
                 return self._wait_for_pod(spec, name, handed)
         finally:

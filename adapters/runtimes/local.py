@@ -98,7 +98,7 @@ class LocalRuntime:
         self._gpu_holders: dict[str, WorkerHandle] = {}  # GPU id → the worker using it
         self._sockets_lock = threading.Lock()  # the sockets folder goes with its last socket, not under a new one
 
-    def build(self, bundle: Path) -> Build:
+    def build(self, bundle: Path, target: Target) -> Build:
         """The version's environment, built in a sandbox if it is new (see :mod:`environments`)."""
         spec = load_spec_file(bundle)  # every path it names stays inside the bundle, links followed
         if spec.package.type == "conda":

@@ -237,7 +237,7 @@ class OpenFaaSRuntime:
                            "gateway cannot scale a function to zero; give the registry access to the functions' "
                            "Deployments, or use OpenFaaS Pro)")
 
-    def build(self, bundle: Path) -> Build:
+    def build(self, bundle: Path, target: Target) -> Build:
         """The model-server image's packages, as on Kubernetes (the same image runs the function)."""
         return image_environment(bundle, "on OpenFaaS")
 

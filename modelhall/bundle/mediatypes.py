@@ -6,6 +6,11 @@ BUNDLE_ARTIFACT_TYPE = "application/vnd.modelhall.bundle.v1"
 SPEC_MEDIA_TYPE = "application/vnd.modelhall.spec.v1+json"
 CODE_MEDIA_TYPE = "application/vnd.modelhall.code.v1.tar+gzip"
 WEIGHTS_MEDIA_TYPE = "application/vnd.modelhall.weights.v1"
+# A built environment (the packages a version needs beyond the model-server image's), one per requirements key.
+ENVIRONMENT_ARTIFACT_TYPE = "application/vnd.modelhall.environment.v1"
+ENVIRONMENT_CONFIG_TYPE = "application/vnd.modelhall.environment.config.v1+json"
+ENVIRONMENT_LAYER_TYPE = "application/vnd.modelhall.environment.layer.v1.tar+gzip"
+ANNOTATION_ENVIRONMENT_KEY = "io.modelhall.environment.key"
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -130,7 +130,7 @@ def pull_bundle(client: RegistryClient, reference: Reference, target: Path, cons
     layers = manifest.get("layers") or []
     with progress_bar(console) as progress:
         task = progress.add_task(f"pull {reference}", total=sum(layer["size"] for layer in layers))
-        paths = {layer["digest"]: _download(client, reference.repository, layer, lambda n: progress.advance(task, n))
+        paths = {layer["digest"]: download_blob(client, reference.repository, layer, lambda n: progress.advance(task, n))
                  for layer in layers}
 
     @contextmanager
@@ -142,7 +142,7 @@ def pull_bundle(client: RegistryClient, reference: Reference, target: Path, cons
     return digest
 
 
-def _download(client: RegistryClient, repository: str, descriptor: dict[str, Any],
+def download_blob(client: RegistryClient, repository: str, descriptor: dict[str, Any],
               advance: Callable[[int], None]) -> Path:
     """A verified copy of one blob in the local cache, resumed from a partial file if any."""
     digest, size = descriptor["digest"], descriptor["size"]

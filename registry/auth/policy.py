@@ -114,6 +114,8 @@ def permitted_actions(db: Session, principal: Principal, name: str, repository: 
         actions = from_role | audience_rights(principal, repository) | share_rights(principal, repository, digest)
         if principal.version_pull is not None and principal.version_pull[0] == name:
             actions |= {Action.PULL}  # the OCI routes hold it to the one version (oci/access.py: pinned_version)
+        if principal.environment_push is not None and principal.environment_push[0] == name:
+            actions |= {Action.PUSH}  # the manifest route holds it to one environment (oci/manifests.py)
     if honour_grants and principal.grants is not None:  # a registry token: the OCI actions it names, nothing else
         granted = {Action(a) for a in principal.grants.get(name, frozenset()) if a in OCI_ACTIONS}
         actions &= granted | ({Action.VIEW} if granted else set())

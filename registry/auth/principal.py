@@ -48,6 +48,7 @@ class Principal:
     share: ShareGrant | None = None
     via_session: bool = False
     version_pull: tuple[str, frozenset[str]] | None = None  # a model pod's: pull these manifests of one repository
+    environment_push: tuple[str, str] | None = None  # a build Job's: push one environment artifact to one repository
 
     @property
     def is_anonymous(self) -> bool:
@@ -115,6 +116,9 @@ def _from_registry_token(db: Session, token: str, signing_key: str) -> Principal
     if claims.version is not None:
         return Principal(scopes=frozenset({"read"}), grants=claims.access, presented_credentials=True,
                          version_pull=claims.version)
+    if claims.environment is not None:
+        return Principal(scopes=frozenset({"write"}), grants=claims.access, presented_credentials=True,
+                         environment_push=claims.environment)
     user = db.scalar(select(User).where(User.name == claims.subject)) if claims.subject else None
     if claims.subject and user is None:
         raise AuthenticationError("the token's user no longer exists")

@@ -69,9 +69,11 @@ class RegistryClaims:
     scopes: frozenset[str]
     access: dict[str, frozenset[str]]
     version: tuple[str, frozenset[str]] | None = None  # a version pull token's repository and manifest digests
+    environment: tuple[str, str] | None = None  # an environment push token's repository and environment key
 
 
 VERSION_PULL = "version-pull"
+ENVIRONMENT_PUSH = "environment-push"
 
 
 def issue_version_pull_token(key: str, repository: str, digests: list[str], ttl_seconds: int) -> str:
@@ -83,6 +85,18 @@ def issue_version_pull_token(key: str, repository: str, digests: list[str], ttl_
     claims = {"iss": ISSUER, "aud": SERVICE, "sub": "", "typ": VERSION_PULL, "ver": [repository, sorted(digests)],
               "iat": now, "nbf": now - 5, "exp": now + ttl_seconds, "jti": uuid.uuid4().hex,
               "access": [{"type": "repository", "name": repository, "actions": ["pull"]}]}
+    return jwt.encode(claims, key, algorithm=JWT_ALGORITHM)
+
+
+def issue_environment_push_token(key: str, repository: str, environment: str, ttl_seconds: int) -> str:
+    """The credential an environment build Job stores what it built with: push, to one repository, of
+    blobs and of one untagged manifest, the environment artifact of key ``environment``; nothing else
+    (no tag, no pull, no other repository), by no user. The build runs the requirements' own code,
+    which sees this token: it can push nothing but an artifact for the environment it was asked for."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": SERVICE, "sub": "", "typ": ENVIRONMENT_PUSH, "env": [repository, environment],
+              "iat": now, "nbf": now - 5, "exp": now + ttl_seconds, "jti": uuid.uuid4().hex,
+              "access": [{"type": "repository", "name": repository, "actions": ["push"]}]}
     return jwt.encode(claims, key, algorithm=JWT_ALGORITHM)
 
 
@@ -109,5 +123,6 @@ def verify_registry_token(key: str, token: str) -> RegistryClaims:
     access = {entry["name"]: frozenset(entry["actions"]) for entry in claims.get("access", [])
               if entry.get("type") == "repository"}
     version = (claims["ver"][0], frozenset(claims["ver"][1])) if claims.get("typ") == VERSION_PULL else None
+    environment = (str(claims["env"][0]), str(claims["env"][1])) if claims.get("typ") == ENVIRONMENT_PUSH else None
     return RegistryClaims(subject=claims.get("sub") or None, scopes=frozenset(claims.get("scp", [])), access=access,
-                          version=version)  # type: ignore[arg-type]
+                          version=version, environment=environment)  # type: ignore[arg-type]

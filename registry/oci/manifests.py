@@ -110,6 +110,10 @@ def _store_manifest(name: str, reference: str, body: bytes, request: Request, db
     if is_digest(reference) and reference != digest:
         raise OCIError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}")
     document, media_type = _parse(body, request.headers.get("content-type"))
+    if principal.environment_push is not None:
+        _only_the_environment(principal.environment_push[1], reference, document)
+    elif document.get("artifactType") == mt.ENVIRONMENT_ARTIFACT_TYPE:  # others' versions would run it
+        raise OCIError("DENIED", "environment artifacts are stored by the platform's environment builds only")
     _require_references(db, repository, document)
     index = _index(document, context)
     subject = (document.get("subject") or {}).get("digest")
@@ -158,6 +162,16 @@ def _parse(body: bytes, content_type: str | None) -> tuple[dict[str, Any], str]:
             raise OCIError("MANIFEST_INVALID", "every descriptor needs a digest and an integer size")
         checked_digest(str(descriptor.get("digest")))
     return document, media_type
+
+
+def _only_the_environment(key: str, reference: str, document: dict[str, Any]) -> None:
+    """What a build Job's environment push token may store: its environment's artifact, by digest."""
+    if not is_digest(reference):
+        raise OCIError("DENIED", "an environment build may push its artifact by digest only, not a tag")
+    if document.get("artifactType") != mt.ENVIRONMENT_ARTIFACT_TYPE:
+        raise OCIError("DENIED", "an environment build may push only an environment artifact")
+    if (document.get("annotations") or {}).get(mt.ANNOTATION_ENVIRONMENT_KEY) != key:
+        raise OCIError("DENIED", "the artifact is not the environment this build was asked for")
 
 
 def _require_references(db: Session, repository: Repository, document: dict[str, Any]) -> None:
