@@ -64,6 +64,8 @@ def _find_principal(request: Request, db: Session) -> Principal:
     header = request.headers.get("authorization")
     if header:
         principal = principal_from_header(db, header, get_context(request).settings.signing_key)
+        if principal.for_pods_and_builds and not request.url.path.startswith("/v2/"):
+            raise AuthenticationError("this credential is a model pod's or a build's: it reaches the OCI API only")
     else:
         principal = principal_from_session(db, request.session)
     share_token = request.headers.get(SHARE_HEADER) or request.session.get("share")

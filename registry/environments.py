@@ -5,7 +5,8 @@ image's) once per requirements key, in a Job that pushes it to the version's rep
 artifact of type ``ENVIRONMENT_ARTIFACT_TYPE`` annotated with the key (only such a Job's token may
 push one: ``registry/oci/manifests.py``). A version of another repository with the same key gets the
 same artifact recorded in its own repository, so that its pods' version pull token, which reaches
-its own repository only, can fetch it.
+its own repository only, can fetch it. Only an artifact such a token stored carries the key
+(``Manifest.environment_key``): nothing an author pushes is ever found here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhall.adapters.storage.base import BlobStore
-from modelhall.bundle import mediatypes as mt
 from modelhall.registry.db.models import Manifest, Repository
 from modelhall.registry.metadata import link_blob, save_manifest
 
@@ -34,15 +34,12 @@ class StoredEnvironments:
             target = db.scalar(select(Repository).where(Repository.name == repository))
             if target is None:
                 return None
-            built = [manifest for manifest in db.scalars(select(Manifest).where(
-                Manifest.artifact_type == mt.ENVIRONMENT_ARTIFACT_TYPE).order_by(Manifest.id))
-                if (manifest.annotations or {}).get(mt.ANNOTATION_ENVIRONMENT_KEY) == key]
-            own = next((manifest for manifest in built if manifest.repository_id == target.id), None)
+            own = db.scalar(select(Manifest).where(Manifest.environment_key == key,
+                                                   Manifest.repository_id == target.id).limit(1))
             if own is not None:
                 return own.digest
-            if not built:
-                return None
-            return self._adopt(db, built[0], target)
+            built = db.scalar(select(Manifest).where(Manifest.environment_key == key).order_by(Manifest.id).limit(1))
+            return self._adopt(db, built, target) if built is not None else None
 
     def _adopt(self, db: Session, manifest: Manifest, target: Repository) -> str:
         document = json.loads(b"".join(self.store.read(manifest.digest)))
@@ -51,6 +48,6 @@ class StoredEnvironments:
         save_manifest(db, target, {
             "digest": manifest.digest, "media_type": manifest.media_type, "size": manifest.size,
             "artifact_type": manifest.artifact_type, "annotations": manifest.annotations,
-            "total_size": manifest.total_size})
+            "total_size": manifest.total_size, "environment_key": manifest.environment_key})
         db.commit()
         return manifest.digest

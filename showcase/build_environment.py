@@ -109,7 +109,7 @@ def main() -> None:
     layer = scratch / "layer.tar.gz"
     pack(site_packages(venv), layer)
     config, manifest, described = artifact(key, requirements, layer)
-    print(f"pushing {described['size']} bytes to {environment['MODELHALL_REPOSITORY']}", flush=True)
+    print(f"pushing {described['size']} bytes", flush=True)  # not where: builds are shared across repositories
     digest = push(environment["MODELHALL_REGISTRY_URL"], environment["MODELHALL_REPOSITORY"],
                   environment["MODELHALL_PUSH_TOKEN"], config, manifest, layer, str(described["digest"]))
     print(f"environment {digest}", flush=True)

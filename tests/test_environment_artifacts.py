@@ -6,6 +6,7 @@ repository's versions with the same requirements would run."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import httpx
@@ -117,3 +118,46 @@ def test_an_environment_built_for_one_repository_is_recorded_in_another_with_the
         engine.dispose()
     pulled = http(registry.url, token).get(f"/v2/{user}/same-needs/blobs/{sha256(layer)}", follow_redirects=True)
     assert pulled.content == layer  # its blobs, linked into the repository that adopted it
+
+
+def test_an_environment_type_in_the_config_is_refused_too_and_never_found(registry: RegistryServer,
+                                                                          tmp_path: Path) -> None:
+    """Found by a red-team pass: an author put the environment type in ``config.mediaType`` (which the
+    registry records as the artifact's type) instead of ``artifactType``, and a victim adopted it."""
+    attacker, token = registry.user()
+    victims_key = uuid.uuid4().hex  # no honest build has stored it
+    config, layer, manifest = environment_artifact(victims_key)
+    planted = json.loads(manifest)
+    del planted["artifactType"]
+    planted["config"]["mediaType"] = mt.ENVIRONMENT_ARTIFACT_TYPE
+    refused = store(http(registry.url, token), f"{attacker}/innocent", config, layer, json.dumps(planted).encode())
+    assert (refused.status_code, error_code(refused)) == (403, "DENIED")
+    victim, _, _ = push(registry, quick_hello(tmp_path), "victim-model", public=False)
+    engine = registry.engine()
+    try:
+        environments = StoredEnvironments(make_session_factory(engine), FileBlobStore(registry.data_dir / "storage"))
+        assert environments.find(victims_key, f"{victim}/victim-model") is None
+    finally:
+        engine.dispose()
+
+
+def test_the_job_token_stores_no_bundle_no_subject_and_no_extra_annotations(
+        built: tuple[str, str, httpx.Client]) -> None:
+    repository, _, job = built
+    config, layer, manifest = environment_artifact()
+    for change in ({"config": {"mediaType": mt.SPEC_MEDIA_TYPE, "digest": sha256(config), "size": len(config)}},
+                   {"subject": {"mediaType": mt.OCI_MANIFEST, "digest": sha256(b"x"), "size": 1}},
+                   {"annotations": {mt.ANNOTATION_ENVIRONMENT_KEY: KEY, mt.ANNOTATION_DESCRIPTION: "mine"}},
+                   {"layers": []}):
+        refused = store(job, repository, config, layer, json.dumps({**json.loads(manifest), **change}).encode())
+        assert (refused.status_code, error_code(refused)) == (403, "DENIED"), change
+
+
+def test_the_job_token_opens_no_rest_api(registry: RegistryServer, built: tuple[str, str, httpx.Client]) -> None:
+    """Found by a red-team pass: the push right let a build read the repository's worker logs."""
+    repository, token, job = built
+    assert http(registry.url, token).get(f"/api/v1/repos/{repository}").status_code == 200
+    for path in (f"/api/v1/repos/{repository}/deployment/logs", f"/api/v1/repos/{repository}", "/api/v1/whoami"):
+        refused = job.get(path)
+        assert refused.status_code == 401, path
+        assert "OCI API only" in refused.text

@@ -26,6 +26,7 @@ from modelhall.adapters.runtimes.openfaas import (
 )
 from modelhall.registry.deployments import worker_client
 from modelhall.templates import template_path
+from kubernetes_double import KubernetesDouble, Node, gpu_node
 from openfaas_double import OpenFaaSGatewayDouble
 from test_runtime import predict, push, quick_hello, status, wait_for
 
@@ -41,21 +42,26 @@ class Echo(BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *args): pass
-HTTPServer(("127.0.0.1", int(os.environ["port"])), Echo).serve_forever()
+HTTPServer((os.environ["DOUBLE_POD_IP"], 8080), Echo).serve_forever()
 """
 IMAGES = {ECHO_IMAGE: [sys.executable, "-c", ECHO],
           MODEL_SERVER_IMAGE: [sys.executable, str(Path(__file__).parent / "openfaas_double" / "model_server_image.py")]}
 DIGEST = "sha256:" + "ab" * 32
 ROOT_PATH = f"/live/7@{DIGEST}"
 TARGET = Target(7, "alice/model", DIGEST)
-GPU_NODE = {"kubernetes.io/os": "linux", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}
+GPU_PROFILE = {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
 
 
 @pytest.fixture
-def gateway() -> Iterator[OpenFaaSGatewayDouble]:
-    double = OpenFaaSGatewayDouble(IMAGES, profiles=("gpu",), nodes=(GPU_NODE,)).start()
-    yield double
-    double.stop()
+def gateway(tmp_path: Path) -> Iterator[OpenFaaSGatewayDouble]:
+    """The gateway double on a Kubernetes double holding the functions' Deployments: a CPU node and a
+    GPU node (tainted, as the GPU Operator leaves it), whose taint the "gpu" Profile tolerates."""
+    (tmp_path / "cluster").mkdir()
+    nodes = [Node("cpu-1"), gpu_node("gpu-1", "NVIDIA-A100-SXM4-40GB")]
+    with KubernetesDouble(tmp_path / "cluster", nodes=nodes, namespace="openfaas-fn", pod_security=None) as cluster:
+        double = OpenFaaSGatewayDouble(IMAGES, kubernetes=cluster, profiles={"gpu": GPU_PROFILE}).start()
+        yield double
+        double.stop()
 
 
 def runtime_for(double: OpenFaaSGatewayDouble, image: str = ECHO_IMAGE, gpu_profile: str | None = "gpu",
@@ -63,10 +69,9 @@ def runtime_for(double: OpenFaaSGatewayDouble, image: str = ECHO_IMAGE, gpu_prof
     config = OpenFaaSConfig(gateway=double.url, username="admin", password="secret", namespace="openfaas-fn",
                             image=image, registry_url="http://registry.invalid", gpu_profile=gpu_profile,
                             gpu_products={"a100-40gb": "NVIDIA-A100-SXM4-40GB"}, pro=pro)
-    kubeconfig = double.write_kubeconfig(double.root / "kubeconfig")
     return OpenFaaSRuntime(config, Gateway(double.url, "admin", "secret", "openfaas-fn"),
                            credentials=lambda target: "pull-token",
-                           scaler=open_kubernetes_scaler(str(kubeconfig)) if kubernetes else None)
+                           scaler=open_kubernetes_scaler(str(double.kubeconfig)) if kubernetes else None)
 
 
 def bundle_with(tmp_path: Path, extra: str) -> Path:
@@ -129,7 +134,9 @@ def test_a_gpu_model_runs_on_the_gpu_nodes_through_the_configured_profile(gatewa
     deployment = gateway.function(function_name(TARGET)).deployment  # type: ignore[union-attr]
     assert deployment.constraints == ["nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB"]
     assert (deployment.annotations or {})["com.openfaas.profile"] == "gpu"
-    assert httpx.get(f"{handle.endpoint}/healthz", timeout=30).status_code == 200  # scheduled on the GPU node
+    assert httpx.get(f"{handle.endpoint}/healthz", timeout=30).status_code == 200
+    [pod] = gateway.kubernetes.pods(f"faas_function={function_name(TARGET)}")
+    assert pod["spec"]["nodeName"] == "gpu-1"  # the constraint and the Profile's toleration placed it
 
 
 def test_a_gpu_model_without_a_gpu_profile_is_unschedulable_and_deploys_nothing(gateway: OpenFaaSGatewayDouble,
@@ -189,7 +196,7 @@ def test_without_kubernetes_access_or_with_pro_in_charge_the_registry_keeps_its_
     handle = runtime.start(bundle_with(tmp_path, ""), Build("env", ""), TARGET, ROOT_PATH)
     runtime.stop(handle)
     assert gateway.function(function_name(TARGET)).replicas == 1  # type: ignore[union-attr]
-    assert not any(path.startswith("/apis/") for _, path, _ in gateway.requests)
+    assert not any(path.endswith("/scale") for _, path, _ in gateway.kubernetes.api.requests)
 
 
 def test_the_registry_reaches_a_function_under_its_gateway_path_with_paths_and_queries_as_encoded(
@@ -255,7 +262,7 @@ def test_the_gateway_double_clamps_scale_requests_as_community_edition_does(gate
 def test_kubernetes_scale_reaches_zero_where_the_gateway_cannot(gateway: OpenFaaSGatewayDouble) -> None:
     admin = httpx.Client(base_url=gateway.url, auth=("admin", "secret"), timeout=30)
     assert admin.post("/system/functions", json={"service": "fn", "image": ECHO_IMAGE}).status_code == 202
-    KubernetesScaler(str(gateway.write_kubeconfig(gateway.root / "kubeconfig"))).scale("fn", "openfaas-fn", 0)
+    KubernetesScaler(str(gateway.kubeconfig)).scale("fn", "openfaas-fn", 0)
     assert admin.get("/system/function/fn").json()["replicas"] == 0
     assert httpx.get(f"{gateway.url}/function/fn.openfaas-fn/", timeout=30).status_code == 200
     assert httpx.get(f"{gateway.url}/function/nope/", timeout=30).status_code == 404
@@ -269,7 +276,7 @@ def openfaas_registry(gateway: OpenFaaSGatewayDouble, database_kind: str, tmp_pa
     yield from serve_registry(database_kind, tmp_path / "registry", {
         "MODELHALL_REAPER_INTERVAL": "0.5", "MODELHALL_RUNTIME": "openfaas", "MODELHALL_OPENFAAS_GATEWAY": gateway.url,
         "MODELHALL_OPENFAAS_PASSWORD": "secret", "MODELHALL_K8S_IMAGE": MODEL_SERVER_IMAGE,
-        "MODELHALL_K8S_KUBECONFIG": str(gateway.write_kubeconfig(tmp_path / "kubeconfig"))})
+        "MODELHALL_K8S_KUBECONFIG": str(gateway.kubeconfig)})
 
 
 def test_push_predict_sleep_and_wake_through_openfaas(openfaas_registry: RegistryServer,

@@ -159,9 +159,16 @@ class EnvironmentSpec:
 
     @property
     def key(self) -> str:
+        """A local environment's folder name (one machine's environments)."""
+        return self.digest[:16]
+
+    @property
+    def digest(self) -> str:
+        """A name shared across every repository of a registry, long enough that no one can make two sets
+        of requirements collide (48 hex digits fit a Kubernetes label and, prefixed, a Job's name)."""
         inputs = json.dumps({"python": self.python, "requirements": self.requirements, "provided": self.provided},
                             sort_keys=True)
-        return hashlib.sha256(inputs.encode()).hexdigest()[:16]
+        return hashlib.sha256(inputs.encode()).hexdigest()[:48]
 
 
 @dataclass

@@ -43,6 +43,9 @@ BUILD_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": 
 BUILD_DISK = "8Gi"
 FINISHED_JOB_SECONDS = 24 * 3600  # a finished Job (and its log) is kept this long
 LOG_LINES = 40
+# Where a build's author-controlled code could reach what is not a package index: link-local (the cloud
+# metadata service at 169.254.169.254) and the private ranges clusters and their services live in.
+NOT_AN_INDEX = ("169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8")
 
 
 def job_name(key: str) -> str:
@@ -70,7 +73,7 @@ class EnvironmentJobs:
         _source, needed = beyond_the_image(bundle)
         if not needed.requirements:
             return IMAGE_BUILD
-        key = needed.key
+        key = needed.digest
         with self._lock(key):  # one build per key at a time here; replicas share the Job by its name
             found = self.artifacts.find(key, target.repository)
             if found is not None:
@@ -191,7 +194,9 @@ class EnvironmentJobs:
                          "template": {"metadata": {"labels": labels}, "spec": pod_spec}}}
 
     def _ensure_policy(self) -> None:
-        """Builds reach the registry, DNS and a package index on 80/443; nothing reaches them."""
+        """Builds reach the registry, DNS and a package index on 80/443 outside the cluster's private and
+        link-local ranges (no cloud metadata service, no in-cluster service); nothing reaches them. An
+        index or proxy inside the cluster needs a NetworkPolicy of the operator's (policies add up)."""
         registry = {"namespaceSelector": {"matchLabels": {
                         "kubernetes.io/metadata.name": self.settings.k8s_registry_namespace}},
                     "podSelector": {"matchLabels": dict(self.settings.k8s_registry_labels)}}
@@ -201,7 +206,8 @@ class EnvironmentJobs:
                            "policyTypes": ["Ingress", "Egress"], "ingress": [],
                            "egress": [{"to": [registry]},
                                       {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-                                      {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}]}]}}
+                                      {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(NOT_AN_INDEX)}}],
+                                       "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}]}]}}
         try:
             self.networking.create_namespaced_network_policy(self.namespace, policy)
         except ApiException as error:

@@ -51,6 +51,11 @@ class Principal:
     environment_push: tuple[str, str] | None = None  # a build Job's: push one environment artifact to one repository
 
     @property
+    def for_pods_and_builds(self) -> bool:
+        """A model pod's version pull token or a build Job's environment push token: the platform's own."""
+        return self.version_pull is not None or self.environment_push is not None
+
+    @property
     def is_anonymous(self) -> bool:
         return self.user is None
 

@@ -213,6 +213,8 @@ class Manifest(Base):
     spec: Mapped[dict[str, Any] | None]
     readme: Mapped[str | None] = mapped_column(Text)
     thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary)  # a small PNG of the first example image
+    # an environment artifact's requirements key, set only when a build Job's token stored it
+    environment_key: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("repository_id", "digest"),)

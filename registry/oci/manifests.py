@@ -110,9 +110,10 @@ def _store_manifest(name: str, reference: str, body: bytes, request: Request, db
     if is_digest(reference) and reference != digest:
         raise OCIError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}")
     document, media_type = _parse(body, request.headers.get("content-type"))
+    environment_key = None
     if principal.environment_push is not None:
-        _only_the_environment(principal.environment_push[1], reference, document)
-    elif document.get("artifactType") == mt.ENVIRONMENT_ARTIFACT_TYPE:  # others' versions would run it
+        environment_key = _only_the_environment(principal.environment_push[1], reference, document)
+    elif mt.ENVIRONMENT_ARTIFACT_TYPE in (document.get("artifactType"), (document.get("config") or {}).get("mediaType")):
         raise OCIError("DENIED", "environment artifacts are stored by the platform's environment builds only")
     _require_references(db, repository, document)
     index = _index(document, context)
@@ -123,6 +124,7 @@ def _store_manifest(name: str, reference: str, body: bytes, request: Request, db
         "artifact_type": document.get("artifactType") or (document.get("config") or {}).get("mediaType"),
         "subject": subject, "annotations": document.get("annotations") or {},
         "total_size": mt.version_size(body, document),
+        "environment_key": environment_key,
         "spec": index.spec.to_json_dict() if index else None, "readme": index.readme if index else None,
         "thumbnail": index.thumbnail if index else None,
     })
@@ -164,14 +166,20 @@ def _parse(body: bytes, content_type: str | None) -> tuple[dict[str, Any], str]:
     return document, media_type
 
 
-def _only_the_environment(key: str, reference: str, document: dict[str, Any]) -> None:
-    """What a build Job's environment push token may store: its environment's artifact, by digest."""
+def _only_the_environment(key: str, reference: str, document: dict[str, Any]) -> str:
+    """What a build Job's environment push token may store: its environment's artifact, by digest, in the
+    one shape ``showcase/build_environment.py`` makes (a config, one layer, the key, nothing more);
+    returns the key, which only such an artifact is recorded under."""
     if not is_digest(reference):
         raise OCIError("DENIED", "an environment build may push its artifact by digest only, not a tag")
-    if document.get("artifactType") != mt.ENVIRONMENT_ARTIFACT_TYPE:
+    layers = document.get("layers") or []
+    if (document.get("artifactType") != mt.ENVIRONMENT_ARTIFACT_TYPE or "subject" in document
+            or (document.get("config") or {}).get("mediaType") != mt.ENVIRONMENT_CONFIG_TYPE
+            or len(layers) != 1 or layers[0].get("mediaType") != mt.ENVIRONMENT_LAYER_TYPE):
         raise OCIError("DENIED", "an environment build may push only an environment artifact")
-    if (document.get("annotations") or {}).get(mt.ANNOTATION_ENVIRONMENT_KEY) != key:
+    if document.get("annotations") != {mt.ANNOTATION_ENVIRONMENT_KEY: key}:
         raise OCIError("DENIED", "the artifact is not the environment this build was asked for")
+    return key
 
 
 def _require_references(db: Session, repository: Repository, document: dict[str, Any]) -> None:

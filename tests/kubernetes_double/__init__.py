@@ -36,10 +36,13 @@ def default_nodes() -> list[Node]:
 
 class KubernetesDouble:
     def __init__(self, folder: Path, nodes: list[Node] | None = None, namespace: str = DEFAULT_NAMESPACE,
-                 runtime_classes: frozenset[str] = frozenset({"nvidia"}), probe_period_scale: float = 0.05):
+                 runtime_classes: frozenset[str] = frozenset({"nvidia"}), probe_period_scale: float = 0.05,
+                 pod_security: str | None = "restricted"):
+        """``pod_security``: the namespace's Pod Security level (``restricted``, as Modelhall's models
+        namespace; None for one that enforces none, as an OpenFaaS functions namespace)."""
         self.namespace = namespace
-        self.cluster = Cluster(nodes if nodes is not None else default_nodes(),
-                               {namespace: {"pod-security.kubernetes.io/enforce": "restricted"}},
+        labels = {"pod-security.kubernetes.io/enforce": pod_security} if pod_security else {}
+        self.cluster = Cluster(nodes if nodes is not None else default_nodes(), {namespace: labels},
                                set(runtime_classes), probe_period_scale)
         self.api = API(self.cluster)
         with socket.socket() as probe:

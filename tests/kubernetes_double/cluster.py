@@ -8,7 +8,11 @@
   and the message kube-scheduler writes;
 - the kubelet runs a placed pod's container as a local process with the pod's command, arguments and
   environment, on the pod's own loopback address (127.0.0.x), runs its startup and readiness probes,
-  restarts it when it exits (``restartPolicy: Always``), and keeps its log;
+  restarts it when it exits (``restartPolicy: Always``), and keeps its log. With no network namespace
+  of its own, a container that would listen on every address of its pod finds that address in
+  ``DOUBLE_POD_IP``; with no mount namespace, a path under a volume's mount point in its environment
+  names the pod's own folder for that volume (``emptyDir``; ``secret`` and ``projected`` secrets, one
+  file per key);
 - the garbage collector deletes what an object owns (``ownerReferences``) with it.
 
 The image is not pulled: a container runs with this machine's platform install first on its ``PATH``
@@ -19,6 +23,7 @@ manifests' policy tests check the rest.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import http.client
@@ -400,13 +405,15 @@ class Cluster:
 
     def _environment(self, namespace: str, pod: dict[str, Any], container: dict[str, Any], tmp: Path) -> dict[str, str]:
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp),
-               "TMPDIR": str(tmp), "HOSTNAME": pod["metadata"]["name"]}
-        empty_dirs = {volume["name"] for volume in pod["spec"].get("volumes") or [] if "emptyDir" in volume}
+               "TMPDIR": str(tmp), "HOSTNAME": pod["metadata"]["name"], "DOUBLE_POD_IP": pod["status"]["podIP"]}
+        volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes") or []}
         mounts = {}
         for mount in container.get("volumeMounts") or []:
-            if mount["name"] in empty_dirs:
+            volume = volumes.get(mount["name"], {})
+            if "emptyDir" in volume or "secret" in volume or "projected" in volume:
                 mounts[mount["mountPath"]] = folder = tmp.parent / "volumes" / mount["name"]
                 folder.mkdir(parents=True, exist_ok=True)
+                self._write_secrets(namespace, volume, folder)
         for variable in container.get("env") or []:
             source = variable.get("valueFrom")
             if source is None:
@@ -421,11 +428,23 @@ class Cluster:
                 secret = self.store.get("secrets", namespace, reference["name"])
                 if secret is None or reference["key"] not in (secret.get("stringData") or secret.get("data") or {}):
                     raise LookupError(f'secret "{reference["name"]}" not found')
-                import base64
                 data = secret.get("data") or {}
                 env[variable["name"]] = (base64.b64decode(data[reference["key"]]).decode() if reference["key"] in data
                                          else secret["stringData"][reference["key"]])
         return env
+
+    def _write_secrets(self, namespace: str, volume: dict[str, Any], folder: Path) -> None:
+        """A ``secret`` or ``projected`` volume's files: each key of each secret, as the kubelet writes them."""
+        names = [volume["secret"]["secretName"]] if "secret" in volume else [
+            source["secret"]["name"] for source in volume.get("projected", {}).get("sources", []) if "secret" in source]
+        for secret_name in names:
+            secret = self.store.get("secrets", namespace, secret_name)
+            if secret is None:
+                raise LookupError(f'secret "{secret_name}" not found')
+            for key, value in (secret.get("data") or {}).items():
+                (folder / key).write_bytes(base64.b64decode(value))
+            for key, value in (secret.get("stringData") or {}).items():
+                (folder / key).write_text(value)
 
     def _kubelet(self, namespace: str, name: str, uid: str) -> None:
         """Run the pod's first container until the pod is deleted: start, probe, restart."""

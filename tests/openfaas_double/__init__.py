@@ -1,24 +1,22 @@
-"""An OpenFaaS gateway **test double** (no real gateway can run here), on faas-netes.
+"""An OpenFaaS gateway **test double** (no real gateway can run here), on faas-netes, on the Kubernetes API double.
 
 It checks each request against the gateway's published API description (:mod:`.schema`) and
 refuses what the gateway and faas-netes refuse (unknown fields, bad names, a namespace the
 provider does not manage, a secret that does not exist, an unknown Profile, missing basic auth),
 and behaves as they do where Modelhall depends on it:
 
+- faas-netes keeps each function as a Deployment, and each secret as a Secret, in the functions
+  namespace of a :class:`~kubernetes_double.KubernetesDouble` (through the official client, as
+  faas-netes talks to its API server): the Deployment has the function's image, environment,
+  labels, annotations, requests and limits, ``readOnlyRootFilesystem``, its secrets as one projected
+  volume at ``/var/openfaas/secrets``, ``constraints`` as a node selector, a Profile's tolerations,
+  and a readiness probe on ``GET /_/health`` port 8080. The Kubernetes double's scheduler places its
+  pods (a pod no node fits stays Pending) and its kubelet runs them: ``images`` maps an image to the
+  command its container would run. The registry scales a function to zero through that API too;
 - ``POST /system/scale-function/{name}`` is clamped to 1–5 replicas (gateway/scaling/ranges.go);
-- ``/function/{name}[.{namespace}]/…`` proxies to a ready replica; at zero available replicas it
-  scales from zero as the gateway does (status → scale to ``com.openfaas.scale.min`` or 1 → poll
-  until ``availableReplicas > 0``) while it holds the request;
-- each replica is a local process running the function's image command (``images`` maps an image
-  to the command its container would run) with the function's environment, plus ``port`` (the
-  port this replica listens on, as of-watchdog's ``port`` variable) and ``MODELHALL_SECRETS_DIR``
-  (where ``/var/openfaas/secrets`` is for it); it is *available* once ``GET /_/health`` answers
-  200, as faas-netes' readiness probe asks;
-- a replica whose ``constraints`` match no node stays pending, as an unschedulable pod does;
-- the functions are Deployments in the functions namespace: the Kubernetes API's
-  ``deployments/{name}/scale`` subresource (``GET``, merge ``PATCH``) reads and sets the same
-  replicas, to 0 too. (This part stands in for ``tests/kubernetes_double`` until that holds the
-  functions' Deployments.)
+- ``/function/{name}[.{namespace}]/…`` proxies to a ready pod on port 8080; at zero available
+  replicas it scales from zero as the gateway does (status → scale to ``com.openfaas.scale.min`` or
+  1 → poll until ``availableReplicas > 0``) while it holds the request.
 
 ``readOnlyRootFilesystem`` and resource limits are recorded, not enforced: no container runs here.
 """
@@ -28,22 +26,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
-import yaml
+from kubernetes import client as kubernetes_client
+from kubernetes import config as kubernetes_config
+from kubernetes.client.rest import ApiException
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -51,11 +45,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from kubernetes_double import KubernetesDouble
 from openfaas_double.schema import (
     CONSTRAINT,
     DeleteFunctionRequest,
     FunctionDeployment,
-    ScalePatch,
     ScaleServiceRequest,
     Secret,
 )
@@ -64,49 +58,18 @@ CE_MIN_REPLICAS, CE_MAX_REPLICAS = 1, 5
 POLL_SECONDS = 0.05  # the gateway's function poll interval (it is configurable there too)
 MAX_POLLS = 2400  # ×0.05 s: two minutes, then the held invocation fails
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Replica:
-    port: int
-    process: subprocess.Popen[bytes] | None  # None: pending, no node fits
-    log: Path
-    ready: bool = False
-
-    def available(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            return False
-        if not self.ready:
-            try:
-                self.ready = httpx.get(f"http://127.0.0.1:{self.port}/_/health", timeout=0.5).status_code == 200
-            except httpx.HTTPError:
-                return False
-        return self.ready
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+FUNCTION_LABEL = "faas_function"
+SECRETS_MOUNT = "/var/openfaas/secrets"
+WATCHDOG_PORT = 8080
 
 
 @dataclass
 class Function:
     deployment: FunctionDeployment
     namespace: str
-    replicas: int = 0
-    pods: list[Replica] = field(default_factory=list)
     invocations: int = 0
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    replicas: int = 0  # the Deployment's, as the gateway last read it
 
     @property
     def min_replicas(self) -> int:
@@ -121,20 +84,24 @@ class Refused(Exception):
 
 
 class OpenFaaSGatewayDouble:
-    """The gateway on ``url`` (and faas-netes' Deployments behind it), in a thread of the test process."""
+    """The gateway on ``url``, with faas-netes' Deployments in ``kubernetes``, in a thread of the test process.
 
-    def __init__(self, images: Mapping[str, list[str]], username: str = "admin", password: str = "secret",
-                 namespaces: tuple[str, ...] = ("openfaas-fn",), profiles: tuple[str, ...] = (),
-                 nodes: tuple[Mapping[str, str], ...] = ({"kubernetes.io/os": "linux"},)):
+    ``profiles``: OpenFaaS Profiles by name, each the pod spec fields it adds (``tolerations``)."""
+
+    def __init__(self, images: Mapping[str, list[str]], kubernetes: KubernetesDouble, username: str = "admin",
+                 password: str = "secret", profiles: Mapping[str, dict[str, Any]] | None = None):
         self.images, self.username, self.password = dict(images), username, password
-        self.namespaces, self.profiles, self.nodes = namespaces, profiles, nodes
-        self.port = _free_port()
+        self.kubernetes, self.namespaces, self.profiles = kubernetes, (kubernetes.namespace,), dict(profiles or {})
+        api = kubernetes_config.new_client_from_config(str(kubernetes.kubeconfig))
+        self.apps, self.core = kubernetes_client.AppsV1Api(api), kubernetes_client.CoreV1Api(api)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.kubeconfig = kubernetes.kubeconfig  # what the registry scales functions' Deployments with
         self.functions: dict[tuple[str, str], Function] = {}
-        self.secrets: dict[tuple[str, str], bytes] = {}
-        self.requests: list[tuple[str, str, Any]] = []  # (method, path, JSON body) of every /system and /apis call
+        self.requests: list[tuple[str, str, Any]] = []  # (method, path, JSON body) of every /system call
         self.lock = threading.RLock()
-        self.root = Path(tempfile.mkdtemp(prefix="openfaas-double-"))
         self.server = uvicorn.Server(uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -150,67 +117,91 @@ class OpenFaaSGatewayDouble:
         return self
 
     def stop(self) -> None:
-        with self.lock:
-            for function in self.functions.values():
-                self._set_replicas(function, 0)
         self.server.should_exit = True
         self.thread.join(timeout=10)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def write_kubeconfig(self, path: Path) -> Path:
-        """A kubeconfig for the Kubernetes side of this double (what the registry's client loads)."""
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "faas-netes",
-            "clusters": [{"name": "faas-netes", "cluster": {"server": self.url}}],
-            "users": [{"name": "registry", "user": {"token": "registry-token"}}],
-            "contexts": [{"name": "faas-netes", "context": {"cluster": "faas-netes", "user": "registry"}}]}))
-        return path
 
     def function(self, name: str, namespace: str = "openfaas-fn") -> Function | None:
         with self.lock:
-            return self.functions.get((namespace, name))
+            function = self.functions.get((namespace, name))
+            if function is not None:
+                function.replicas = self._replicas(function)
+            return function
 
     def processes(self, name: str, namespace: str = "openfaas-fn") -> list[int]:
-        """The pids of the function's running replicas."""
-        function = self.function(name, namespace)
-        return [pod.process.pid for pod in (function.pods if function else [])
-                if pod.process is not None and pod.process.poll() is None]
+        """The pids of the function's running replicas (its pods' containers, as the kubelet runs them)."""
+        containers = self.kubernetes.cluster.containers
+        return [state.process.pid for pod in self._pods(name, namespace)
+                if (state := containers.get(pod["metadata"]["uid"])) is not None
+                and state.process is not None and state.process.poll() is None]
 
-    # --- state -------------------------------------------------------------------------
+    @property
+    def secrets(self) -> dict[tuple[str, str], bytes]:
+        """The functions' secrets, as faas-netes keeps them: a Secret each, its one key the secret's name."""
+        found = {}
+        for namespace in self.namespaces:
+            for secret in self.kubernetes.cluster.store.list("secrets", namespace, "app.kubernetes.io/managed-by=openfaas"):
+                name = secret["metadata"]["name"]
+                found[(namespace, name)] = base64.b64decode(secret["data"][name])
+        return found
 
-    def _schedulable(self, deployment: FunctionDeployment) -> bool:
-        wanted = [CONSTRAINT.fullmatch(c) for c in deployment.constraints or []]
-        return any(all(node.get(m["key"]) == m["value"] for m in wanted if m) for node in self.nodes)
+    # --- faas-netes -------------------------------------------------------------------
 
-    def _start_replica(self, function: Function) -> Replica:
-        port = _free_port()
-        log = self.root / f"{function.deployment.service}-{port}.log"
-        if not self._schedulable(function.deployment):
-            return Replica(port, None, log)
-        secrets = self.root / f"secrets-{port}"
-        secrets.mkdir()
-        for name in function.deployment.secrets or []:
-            (secrets / name).write_bytes(self.secrets[(function.namespace, name)])
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(function.deployment.envVars or {}),
-               "port": str(port), "MODELHALL_SECRETS_DIR": str(secrets)}
-        with log.open("ab") as out:
-            process = subprocess.Popen(self.images[function.deployment.image], env=env, stdout=out,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=secrets,
-                                       start_new_session=True)
-        return Replica(port, process, log)
+    def _pods(self, name: str, namespace: str) -> list[dict[str, Any]]:
+        return [pod for pod in self.kubernetes.cluster.store.list("pods", namespace, f"{FUNCTION_LABEL}={name}")
+                if not pod["metadata"].get("deletionTimestamp")]
+
+    def _ready_addresses(self, function: Function) -> list[str]:
+        return [pod["status"]["podIP"] for pod in self._pods(function.deployment.service, function.namespace)
+                if self.kubernetes.cluster.is_ready(pod)]
+
+    def _replicas(self, function: Function) -> int:
+        deployment = self.kubernetes.cluster.store.get("deployments", function.namespace, function.deployment.service)
+        return deployment["spec"].get("replicas", 0) if deployment else 0
+
+    def _kubernetes_deployment(self, function: Function, replicas: int) -> dict[str, Any]:
+        """The Deployment faas-netes makes of a function."""
+        wanted = function.deployment
+        name = wanted.service
+        labels = {**(wanted.labels or {}), FUNCTION_LABEL: name}
+        resources = {kind: {key: value for key, value in (getattr(wanted, kind).model_dump(exclude_none=True)).items()}
+                     for kind in ("requests", "limits") if getattr(wanted, kind) is not None}
+        container: dict[str, Any] = {
+            "name": name, "image": wanted.image, "command": self.images[wanted.image],
+            "env": [{"name": key, "value": value} for key, value in (wanted.envVars or {}).items()],
+            "ports": [{"name": "http", "containerPort": WATCHDOG_PORT, "protocol": "TCP"}],
+            "readinessProbe": {"httpGet": {"path": "/_/health", "port": WATCHDOG_PORT}, "periodSeconds": 2},
+            "resources": resources,
+            "securityContext": {"readOnlyRootFilesystem": bool(wanted.readOnlyRootFilesystem),
+                                "allowPrivilegeEscalation": False},
+        }
+        pod_spec: dict[str, Any] = {"containers": [container], "enableServiceLinks": False}
+        if wanted.secrets:
+            volume = f"{name}-projected-secrets"
+            container["volumeMounts"] = [{"name": volume, "mountPath": SECRETS_MOUNT, "readOnly": True}]
+            pod_spec["volumes"] = [{"name": volume, "projected": {"sources": [
+                {"secret": {"name": secret, "items": [{"key": secret, "path": secret}]}} for secret in wanted.secrets]}}]
+        selector = {match["key"]: match["value"] for match in map(CONSTRAINT.fullmatch, wanted.constraints or [])
+                    if match}
+        if selector:
+            pod_spec["nodeSelector"] = selector
+        for profile in filter(None, (wanted.annotations or {}).get("com.openfaas.profile", "").split(",")):
+            for key, value in self.profiles[profile].items():
+                pod_spec[key] = [*pod_spec.get(key, []), *value]
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "labels": labels, "annotations": dict(wanted.annotations or {})},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {FUNCTION_LABEL: name}},
+                         "template": {"metadata": {"labels": labels, "annotations": dict(wanted.annotations or {})},
+                                      "spec": pod_spec}}}
 
     def _set_replicas(self, function: Function, replicas: int) -> None:
-        function.replicas = replicas
-        while len(function.pods) > replicas:
-            function.pods.pop().stop()
-        while len(function.pods) < replicas:
-            function.pods.append(self._start_replica(function))
+        self.apps.patch_namespaced_deployment_scale(function.deployment.service, function.namespace,
+                                                    {"spec": {"replicas": replicas}})
 
     def _status(self, function: Function) -> dict[str, Any]:
         deployment = function.deployment
         return {**deployment.model_dump(exclude_none=True, exclude={"registryAuth", "network"}),
-                "name": deployment.service, "namespace": function.namespace, "replicas": function.replicas,
-                "availableReplicas": sum(pod.available() for pod in function.pods),
+                "name": deployment.service, "namespace": function.namespace, "replicas": self._replicas(function),
+                "availableReplicas": len(self._ready_addresses(function)),
                 "invocationCount": function.invocations, "createdAt": function.created_at}
 
     # --- the API -----------------------------------------------------------------------
@@ -220,9 +211,7 @@ class OpenFaaSGatewayDouble:
                   Route("/system/function/{name}", self._function_status, methods=["GET"]),
                   Route("/system/scale-function/{name}", self._scale, methods=["POST"]),
                   Route("/system/secrets", self._secrets, methods=["GET", "POST", "PUT", "DELETE"]),
-                  Route("/system/logs", self._logs, methods=["GET"]),
-                  Route("/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale", self._kubernetes_scale,
-                        methods=["GET", "PATCH"])]
+                  Route("/system/logs", self._logs, methods=["GET"])]
         invoke = [Route("/function/{target}", self._invoke, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]),
                   Route("/function/{target}/{path:path}", self._invoke,
                         methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])]
@@ -251,7 +240,7 @@ class OpenFaaSGatewayDouble:
         return namespace
 
     async def _guarded(self, request: Request, handler: Any) -> Response:
-        if not self._authorised(request) and not request.url.path.startswith("/apis/"):
+        if not self._authorised(request):
             return PlainTextResponse("Unauthorized", status_code=401,
                                      headers={"WWW-Authenticate": 'Basic realm="Restricted"'})
         try:
@@ -272,7 +261,8 @@ class OpenFaaSGatewayDouble:
             key = (self._namespace(delete.namespace), delete.functionName)
             if key not in self.functions:
                 raise Refused(404, f"function {delete.functionName} not found")
-            self._set_replicas(self.functions.pop(key), 0)
+            self.functions.pop(key)
+            self.apps.delete_namespaced_deployment(delete.functionName, key[0])  # its pods go with it
             return Response(status_code=200)
         deployment = await self._body(request, FunctionDeployment)
         namespace = self._namespace(deployment.namespace)
@@ -290,14 +280,14 @@ class OpenFaaSGatewayDouble:
             if existing is not None:
                 raise Refused(400, f"function {deployment.service} already exists")
             function = self.functions[key] = Function(deployment, namespace)
-            self._set_replicas(function, function.min_replicas)
+            self.apps.create_namespaced_deployment(namespace, self._kubernetes_deployment(function,
+                                                                                         function.min_replicas))
             return Response(status_code=202)
         if existing is None:
             raise Refused(404, f"function {deployment.service} not found")
-        replicas = existing.replicas  # an update keeps the replicas, replacing every pod
-        self._set_replicas(existing, 0)
-        existing.deployment = deployment
-        self._set_replicas(existing, replicas)
+        existing.deployment = deployment  # an update keeps the replicas; the new template replaces every pod
+        self.apps.replace_namespaced_deployment(deployment.service, namespace,
+                                                self._kubernetes_deployment(existing, self._replicas(existing)))
         return Response(status_code=200)
 
     async def _function_status(self, request: Request) -> Response:
@@ -326,21 +316,26 @@ class OpenFaaSGatewayDouble:
                 return JSONResponse([{"name": name, "namespace": ns} for ns, name in self.secrets if ns == namespace])
             secret = await self._body(request, Secret)
             key = (self._namespace(secret.namespace), secret.name)
+            known = self.secrets
             if request.method == "DELETE":
-                if self.secrets.pop(key, None) is None:
+                if key not in known:
                     raise Refused(404, f"secret {secret.name} not found")
+                self.core.delete_namespaced_secret(secret.name, key[0])
                 return Response(status_code=204)
             if (secret.value is None) == (secret.rawValue is None):
                 raise Refused(400, "a secret has a value or a rawValue")
             value = secret.value.encode() if secret.value is not None else base64.b64decode(secret.rawValue or "")
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": secret.name, "labels": {"app.kubernetes.io/managed-by": "openfaas"}},
+                    "data": {secret.name: base64.b64encode(value).decode()}}
             if request.method == "POST":
-                if key in self.secrets:
+                if key in known:
                     raise Refused(409, f"secret {secret.name} already exists")
-                self.secrets[key] = value
+                self.core.create_namespaced_secret(key[0], body)
                 return Response(status_code=201)
-            if key not in self.secrets:
+            if key not in known:
                 raise Refused(404, f"secret {secret.name} not found")
-            self.secrets[key] = value
+            self.core.replace_namespaced_secret(secret.name, key[0], body)
             return Response(status_code=200)
         return await self._guarded(request, secrets)
 
@@ -351,31 +346,19 @@ class OpenFaaSGatewayDouble:
             if function is None:
                 raise Refused(404, "function not found")
             tail = int(request.query_params.get("tail", "0"))
-            lines = [line for pod in function.pods if pod.log.exists()
-                     for line in pod.log.read_text(errors="replace").splitlines()]
+            lines = [line for pod in self._pods(key[1], key[0])
+                     for line in self._pod_log(pod["metadata"]["name"], key[0]).splitlines()]
             entries = [{"name": key[1], "namespace": key[0], "instance": str(index), "timestamp": "",
                         "text": line} for index, line in enumerate(lines[-tail:] if tail > 0 else lines)]
             return PlainTextResponse("".join(json.dumps(entry) + "\n" for entry in entries),
                                      media_type="application/x-ndjson")
         return await self._guarded(request, logs)
 
-    async def _kubernetes_scale(self, request: Request) -> Response:
-        async def scale(request: Request) -> Response:
-            namespace, name = request.path_params["namespace"], request.path_params["name"]
-            function = self.functions.get((namespace, name))
-            if function is None:
-                return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-                                     "message": f'deployments.apps "{name}" not found', "code": 404}, status_code=404)
-            if request.method == "PATCH":
-                if request.headers.get("content-type", "").split(";")[0] not in (
-                        "application/merge-patch+json", "application/strategic-merge-patch+json"):
-                    raise Refused(415, "a Scale is patched with a merge patch here")
-                self._set_replicas(function, (await self._body(request, ScalePatch)).spec.replicas)
-            return JSONResponse({"kind": "Scale", "apiVersion": "autoscaling/v1",
-                                 "metadata": {"name": name, "namespace": namespace},
-                                 "spec": {"replicas": function.replicas},
-                                 "status": {"replicas": function.replicas, "selector": f"faas_function={name}"}})
-        return await self._guarded(request, scale)
+    def _pod_log(self, pod: str, namespace: str) -> str:
+        try:
+            return str(self.core.read_namespaced_pod_log(pod, namespace))
+        except ApiException:
+            return ""  # not started yet
 
     # --- invocations ---------------------------------------------------------------------
 
@@ -384,20 +367,21 @@ class OpenFaaSGatewayDouble:
         with self.lock:
             return self.functions.get((namespace or self.namespaces[0], name))
 
-    def _ready_pod(self, function: Function) -> Replica | None:
+    def _ready_pod(self, function: Function) -> str | None:
+        """The address of a ready replica, taking turns."""
         with self.lock:
-            ready = [pod for pod in function.pods if pod.available()]
+            ready = self._ready_addresses(function)
             return ready[function.invocations % len(ready)] if ready else None
 
-    def _scale_from_zero(self, function: Function) -> Replica | None:
+    def _scale_from_zero(self, function: Function) -> str | None:
         """As the gateway's FunctionScaler: at 0 available, scale to the min label (or 1), then poll."""
         with self.lock:
-            if not any(pod.available() for pod in function.pods) and function.replicas == 0:
+            if not self._ready_addresses(function) and self._replicas(function) == 0:
                 self._set_replicas(function, function.min_replicas)
         for _ in range(MAX_POLLS):
-            pod = self._ready_pod(function)
-            if pod is not None:
-                return pod
+            address = self._ready_pod(function)
+            if address is not None:
+                return address
             time.sleep(POLL_SECONDS)
         return None
 
@@ -405,12 +389,12 @@ class OpenFaaSGatewayDouble:
         function = self._find(request.path_params["target"])
         if function is None:
             return PlainTextResponse("error finding function", status_code=404)
-        pod = await asyncio.to_thread(self._scale_from_zero, function)
-        if pod is None:
+        address = await asyncio.to_thread(self._scale_from_zero, function)
+        if address is None:
             return PlainTextResponse("unable to scale function from zero", status_code=500)
         with self.lock:
             function.invocations += 1
-        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{pod.port}", timeout=None)
+        client = httpx.AsyncClient(base_url=f"http://{address}:{WATCHDOG_PORT}", timeout=None)
         raw_path = request.scope["raw_path"].decode()  # as the caller encoded it, less /function/{target}
         path = "/" + raw_path.split("/", 3)[3] if raw_path.count("/") >= 3 else "/"
         upstream = client.build_request(request.method, httpx.URL(path + (f"?{request.url.query}" if request.url.query else "")),

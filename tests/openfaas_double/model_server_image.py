@@ -1,9 +1,10 @@
-"""The model-server image's container, for the OpenFaaS gateway double's replicas.
+"""The model-server image's container, for the OpenFaaS gateway double's functions.
 
-What a container would do for ``python -m modelhall.showcase.bootstrap`` (the image's entry), on this
-machine: the function's secrets are at ``MODELHALL_SECRETS_DIR`` rather than ``/var/openfaas/secrets``,
-and the replica listens on the port the double gave it (``port``) on the loopback address, not on
-8080 of a pod of its own. Everything else is the function's environment, as the gateway received it.
+What a container would do for ``python -m modelhall.showcase.bootstrap`` (the image's entry), as the
+Kubernetes double's kubelet runs it: with no network namespace of its own, it listens on its pod's
+address (``DOUBLE_POD_IP``) rather than on every address of its own, on 8080 as of-watchdog does.
+Everything else is the function's environment, as faas-netes set it (the secrets' mount point
+already names the pod's folder for that volume).
 """
 
 from __future__ import annotations
@@ -11,14 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-SECRETS_IN_CONTAINER = "/var/openfaas/secrets/"
-
 if __name__ == "__main__":
     environment = dict(os.environ)
-    token_file = environment["MODELHALL_PULL_TOKEN_FILE"]
-    if not token_file.startswith(SECRETS_IN_CONTAINER):
-        raise SystemExit("the pull token is not in the function's secrets")
-    environment["MODELHALL_PULL_TOKEN_FILE"] = os.path.join(environment.pop("MODELHALL_SECRETS_DIR"),
-                                                            token_file.removeprefix(SECRETS_IN_CONTAINER))
-    environment |= {"MODELHALL_PORT": environment.pop("port"), "MODELHALL_POD_IP": "127.0.0.1"}
+    environment |= {"MODELHALL_PORT": "8080", "MODELHALL_POD_IP": environment["DOUBLE_POD_IP"]}
     os.execve(sys.executable, [sys.executable, "-m", "modelhall.showcase.bootstrap"], environment)

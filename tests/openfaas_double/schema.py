@@ -97,13 +97,3 @@ class Secret(Strict):
 class DeleteFunctionRequest(Strict):
     functionName: str
     namespace: str | None = None
-
-
-class ScaleSpec(Strict):
-    replicas: int = Field(ge=0)
-
-
-class ScalePatch(Strict):
-    """A merge patch of an ``autoscaling/v1`` Scale: only ``spec.replicas`` may change."""
-
-    spec: ScaleSpec

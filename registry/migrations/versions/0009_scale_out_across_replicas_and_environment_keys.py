@@ -1,4 +1,5 @@
-"""scale-out across replicas: each worker's last prediction, and the extra workers being started
+"""scale-out across replicas: each worker's last prediction, and the extra workers being started;
+environment artifacts found by their requirements key
 
 Revision ID: 0009
 Revises: 0008
@@ -19,9 +20,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column('last_used_at', sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table('deployments') as batch:
         batch.add_column(sa.Column('pending_workers', sa.Integer(), nullable=False, server_default='0'))
+    with op.batch_alter_table('manifests') as batch:
+        batch.add_column(sa.Column('environment_key', sa.String(length=64), nullable=True))
+        batch.create_index('ix_manifests_environment_key', ['environment_key'])
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('manifests') as batch:
+        batch.drop_index('ix_manifests_environment_key')
+        batch.drop_column('environment_key')
     with op.batch_alter_table('deployments') as batch:
         batch.drop_column('pending_workers')
     with op.batch_alter_table('workers') as batch:
