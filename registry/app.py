@@ -49,7 +49,7 @@ def open_runtime(settings: Settings, artifacts: EnvironmentArtifacts) -> Runtime
 
         return KubernetesRuntime(settings, artifacts)
     if settings.runtime == "openfaas":
-        return open_openfaas_runtime(settings)
+        return open_openfaas_runtime(settings, artifacts)
     return LocalRuntime(settings.data_dir, allow_network=settings.allow_model_network)
 
 

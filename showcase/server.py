@@ -4,8 +4,10 @@
   ``{data, name}``), or multipart form fields and files. Bad input is a 422 naming the
   field; a model failure is a 500 and the server keeps serving.
 - ``GET /spec``: the spec and the JSON Schema of a predict request.
-- ``GET /healthz`` (and ``/_/health``, OpenFaaS's probe path): 200 once the model is loaded; 503 while
-  starting or after a failed load.
+- ``GET /healthz``: 200 once the model is loaded; 503 while starting or after a failed load.
+- ``GET /_/health``, OpenFaaS's readiness probe: 200 once loading has ended, loaded or failed, so that
+  the gateway, which holds every call until a replica is ready, lets the registry's ``/healthz`` through
+  to learn why a model failed (otherwise it only ever saw the call time out).
 - ``GET /metrics``: Prometheus metrics.
 - ``GET /_internal/journal?after=N`` and ``GET /_internal/journal/files/{id}``: the run journal
   and its files, for the registry only (it sends ``X-Modelhall-Internal: 1``, a header the
@@ -268,11 +270,15 @@ def _api_routes(runner: ModelRunner, demo: LateDemo, activity: Activity, loaded:
         return JSONResponse(body, status_code=200 if ready else 503,
                             headers=None if ready else {"Retry-After": RETRY_AFTER_SECONDS})
 
+    def loading_ended(_request: Request) -> JSONResponse:
+        ended = runner.health in (Health.READY, Health.FAILED)
+        return JSONResponse({"status": runner.health.value}, status_code=200 if ended else 503)
+
     def metrics(_request: Request) -> Response:
         return Response(generate_latest(runner.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/predict", predict, methods=["POST"]), Route("/spec", get_spec), Route("/healthz", healthz),
-            Route("/_/health", healthz),  # where OpenFaaS (faas-netes) probes a function's readiness
+            Route("/_/health", loading_ended),
             Route("/metrics", metrics), *_journal_routes(runner)]
 
 

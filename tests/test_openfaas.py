@@ -27,7 +27,8 @@ from modelhall.adapters.runtimes.openfaas import (
 from modelhall.registry.deployments import worker_client
 from modelhall.templates import template_path
 from kubernetes_double import KubernetesDouble, Node, gpu_node
-from openfaas_double import OpenFaaSGatewayDouble
+from openfaas_double import MODEL_SERVER_COMMAND, OpenFaaSGatewayDouble
+from test_kubernetes_runtime import needing, package_index  # noqa: F401 - package_index is a fixture
 from test_runtime import predict, push, quick_hello, status, wait_for
 
 MODEL_SERVER_IMAGE = "modelhall/model-server:test"
@@ -44,8 +45,7 @@ class Echo(BaseHTTPRequestHandler):
     def log_message(self, *args): pass
 HTTPServer((os.environ["DOUBLE_POD_IP"], 8080), Echo).serve_forever()
 """
-IMAGES = {ECHO_IMAGE: [sys.executable, "-c", ECHO],
-          MODEL_SERVER_IMAGE: [sys.executable, str(Path(__file__).parent / "openfaas_double" / "model_server_image.py")]}
+IMAGES = {ECHO_IMAGE: [sys.executable, "-c", ECHO], MODEL_SERVER_IMAGE: MODEL_SERVER_COMMAND}
 DIGEST = "sha256:" + "ab" * 32
 ROOT_PATH = f"/live/7@{DIGEST}"
 TARGET = Target(7, "alice/model", DIGEST)
@@ -70,7 +70,7 @@ def runtime_for(double: OpenFaaSGatewayDouble, image: str = ECHO_IMAGE, gpu_prof
                             image=image, registry_url="http://registry.invalid", gpu_profile=gpu_profile,
                             gpu_products={"a100-40gb": "NVIDIA-A100-SXM4-40GB"}, pro=pro)
     return OpenFaaSRuntime(config, Gateway(double.url, "admin", "secret", "openfaas-fn"),
-                           credentials=lambda target: "pull-token",
+                           credentials=lambda target, environments: "pull-token",
                            scaler=open_kubernetes_scaler(str(double.kubeconfig)) if kubernetes else None)
 
 
@@ -272,11 +272,12 @@ def test_kubernetes_scale_reaches_zero_where_the_gateway_cannot(gateway: OpenFaa
 
 
 @pytest.fixture
-def openfaas_registry(gateway: OpenFaaSGatewayDouble, database_kind: str, tmp_path: Path) -> Iterator[RegistryServer]:
+def openfaas_registry(gateway: OpenFaaSGatewayDouble, database_kind: str, package_index: str,
+                      tmp_path: Path) -> Iterator[RegistryServer]:
     yield from serve_registry(database_kind, tmp_path / "registry", {
         "MODELHALL_REAPER_INTERVAL": "0.5", "MODELHALL_RUNTIME": "openfaas", "MODELHALL_OPENFAAS_GATEWAY": gateway.url,
         "MODELHALL_OPENFAAS_PASSWORD": "secret", "MODELHALL_K8S_IMAGE": MODEL_SERVER_IMAGE,
-        "MODELHALL_K8S_KUBECONFIG": str(gateway.kubeconfig)})
+        "MODELHALL_K8S_KUBECONFIG": str(gateway.kubeconfig), "UV_NO_INDEX": "1", "UV_FIND_LINKS": package_index})
 
 
 def test_push_predict_sleep_and_wake_through_openfaas(openfaas_registry: RegistryServer,
@@ -338,3 +339,18 @@ def test_a_removed_version_leaves_no_function_or_secret(gateway: OpenFaaSGateway
     assert gateway.function(name) is None and not gateway.processes(name)
     assert ("openfaas-fn", f"{name}-pull") not in gateway.secrets
     runtime.remove(TARGET)  # removing what is gone already is no error
+
+
+def test_a_function_needing_more_than_the_image_runs_on_an_environment_a_job_built(
+        openfaas_registry: RegistryServer, gateway: OpenFaaSGatewayDouble, database_kind: str, tmp_path: Path) -> None:
+    if database_kind != "sqlite":
+        pytest.skip("the environment's path is the same on both databases")
+    user, token, _ = push(openfaas_registry, needing(tmp_path, "alpha==1.0"), "faas-alpha", public=False)
+    answer = predict(openfaas_registry, f"{user}/faas-alpha", "x", token)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == {"greeting": "alpha 1.0, fetched: True"}
+    [job] = gateway.kubernetes.objects("jobs", "app.kubernetes.io/component=environment-build")
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False  # in the functions namespace
+    [worker] = status(openfaas_registry, f"{user}/faas-alpha", token)["workers"]
+    function = gateway.function(worker["id"].partition(".")[0])
+    assert function is not None and (function.deployment.envVars or {})["MODELHALL_ENVIRONMENT"].startswith("sha256:")

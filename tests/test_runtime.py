@@ -31,24 +31,40 @@ def runtime_registry(database_kind: str, tmp_path: Path) -> Iterator[RegistrySer
     yield from serve_registry(database_kind, tmp_path / "registry", {"MODELHALL_REAPER_INTERVAL": "0.5"})
 
 
-@pytest.fixture(params=["local", "kubernetes"])
+MODEL_SERVER_IMAGE = "registry.example/modelhall/model-server@sha256:" + "1" * 64
+
+
+@pytest.fixture(params=["local", "kubernetes", "openfaas"])
 def any_runtime_registry(request: pytest.FixtureRequest, database_kind: str,
                          tmp_path: Path) -> Iterator[RegistryServer]:
-    """The runtime protocol's shared suite: a registry on the local runtime, and one on the Kubernetes runtime
-    against the Kubernetes API test double (with SQLite only: the database is not what differs)."""
+    """The runtime protocol's shared suite: a registry on the local runtime, one on the Kubernetes runtime
+    against the Kubernetes API test double, and one on OpenFaaS against the gateway test double (on
+    faas-netes on the Kubernetes double); the cluster runtimes with SQLite only: the database is not
+    what differs."""
     if request.param == "local":
         yield from serve_registry(database_kind, tmp_path / "registry", {"MODELHALL_REAPER_INTERVAL": "0.5"})
         return
     if database_kind != "sqlite":
-        pytest.skip("the Kubernetes runtime's shared suite runs on SQLite")
+        pytest.skip("the cluster runtimes' shared suite runs on SQLite")
     from kubernetes_double import KubernetesDouble
+    from openfaas_double import MODEL_SERVER_COMMAND, OpenFaaSGatewayDouble
 
     (tmp_path / "double").mkdir()
-    with KubernetesDouble(tmp_path / "double") as double:
-        yield from serve_registry("sqlite", tmp_path / "registry", {
-            "MODELHALL_REAPER_INTERVAL": "0.5", "MODELHALL_RUNTIME": "kubernetes",
-            "MODELHALL_K8S_KUBECONFIG": str(double.kubeconfig), "MODELHALL_K8S_NAMESPACE": double.namespace,
-            "MODELHALL_K8S_IMAGE": "registry.example/modelhall/model-server@sha256:" + "1" * 64})
+    common = {"MODELHALL_REAPER_INTERVAL": "0.5", "MODELHALL_K8S_IMAGE": MODEL_SERVER_IMAGE}
+    if request.param == "kubernetes":
+        with KubernetesDouble(tmp_path / "double") as double:
+            yield from serve_registry("sqlite", tmp_path / "registry", {
+                **common, "MODELHALL_RUNTIME": "kubernetes", "MODELHALL_K8S_KUBECONFIG": str(double.kubeconfig),
+                "MODELHALL_K8S_NAMESPACE": double.namespace})
+        return
+    with KubernetesDouble(tmp_path / "double", namespace="openfaas-fn", pod_security=None) as cluster:
+        gateway = OpenFaaSGatewayDouble({MODEL_SERVER_IMAGE: MODEL_SERVER_COMMAND}, kubernetes=cluster).start()
+        try:
+            yield from serve_registry("sqlite", tmp_path / "registry", {
+                **common, "MODELHALL_RUNTIME": "openfaas", "MODELHALL_OPENFAAS_GATEWAY": gateway.url,
+                "MODELHALL_OPENFAAS_PASSWORD": "secret", "MODELHALL_K8S_KUBECONFIG": str(cluster.kubeconfig)})
+        finally:
+            gateway.stop()
 
 
 def quick_hello(tmp_path: Path, idle_timeout: int = IDLE_TIMEOUT, model: str | None = None,

@@ -234,18 +234,6 @@ def beyond_the_image(bundle: Path) -> tuple[str, EnvironmentSpec]:
     return source, EnvironmentSpec(default_python(), missing, provided)
 
 
-def image_environment(bundle: Path, where: str) -> Build:
-    """A version's environment where the model-server image runs it and nothing builds more (``where``:
-    "on OpenFaaS"): the image's packages, when they satisfy its requirements; what they do not is refused
-    with its names."""
-    source, needed = beyond_the_image(bundle)
-    if needed.requirements:
-        names = ", ".join(needed.requirements)
-        raise ValueError(f"{source}: {names} not in the model-server image; {where} a model may "
-                         "use only the image's packages")
-    return IMAGE_BUILD
-
-
 def default_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 

@@ -178,8 +178,8 @@ class KubernetesRuntime:
         self.core = client.CoreV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
         self.pods = PodCache(self.core, self.namespace)
-        self.environments = EnvironmentJobs(api_client, settings, self.registry_url, self.pods, artifacts,
-                                            {"container": CONTAINER_SECURITY, "pod": POD_SECURITY})
+        self.environments = EnvironmentJobs(api_client, settings, self.namespace, self.registry_url, self.pods,
+                                            artifacts, {"container": CONTAINER_SECURITY, "pod": POD_SECURITY})
         self._handed: dict[str, set[str]] = {}  # deployment → pods this registry uses
         self._claims: dict[str, int] = {}  # deployment → starts waiting for a pod now
         self._locks: dict[str, threading.Lock] = {}

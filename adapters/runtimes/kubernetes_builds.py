@@ -57,12 +57,14 @@ def finished(pod: dict[str, Any]) -> bool:
 
 
 class EnvironmentJobs:
-    def __init__(self, api_client: client.ApiClient, settings: Settings, registry_url: str, pod_cache: Any,
-                 artifacts: EnvironmentArtifacts, hardening: dict[str, Any]):
+    def __init__(self, api_client: client.ApiClient, settings: Settings, namespace: str, registry_url: str,
+                 pod_cache: Any, artifacts: EnvironmentArtifacts, hardening: dict[str, Any]):
+        """Jobs in ``namespace`` (the models', or an OpenFaaS functions namespace), followed in ``pod_cache``
+        (the runtime's watch of the platform's pods there)."""
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
-        self.settings, self.namespace, self.registry_url = settings, settings.k8s_namespace, registry_url
+        self.settings, self.namespace, self.registry_url = settings, namespace, registry_url
         self.pods, self.artifacts, self.hardening = pod_cache, artifacts, hardening
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()

@@ -39,8 +39,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from modelhall.adapters.runtimes.base import Build, Target, UnschedulableError, WorkerHandle
-from modelhall.adapters.runtimes.environments import image_environment
+from modelhall.adapters.runtimes.base import Build, EnvironmentArtifacts, Target, UnschedulableError, WorkerHandle
+from modelhall.adapters.runtimes.environments import IMAGE_BUILD, beyond_the_image
 from modelhall.settings import Settings
 from modelhall.spec import Spec, load_spec_file
 
@@ -105,15 +105,18 @@ class KubernetesScaler:
     @property
     def apps(self) -> Any:
         if self._apps is None:
-            from kubernetes import client, config
+            from kubernetes import client
 
-            if self.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_incluster_config()
-                api = client.ApiClient()
-            else:
-                api = config.new_client_from_config(config_file=self.kubeconfig)
-            self._apps = client.AppsV1Api(api)
+            self._apps = client.AppsV1Api(self.api_client())
         return self._apps
+
+    def api_client(self) -> Any:
+        from kubernetes import client, config
+
+        if self.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+            return client.ApiClient()
+        return config.new_client_from_config(config_file=self.kubeconfig)
 
     def scale(self, name: str, namespace: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
@@ -221,14 +224,24 @@ def scale_labels(spec: Spec) -> dict[str, str]:
             "com.openfaas.scale.zero-duration": f"{int(scaling.idle_timeout)}s"}
 
 
+class EnvironmentBuilds(Protocol):
+    def build(self, bundle: Path, target: Target) -> Build: ...
+
+    def log(self, key: str, lines: int = 200) -> str: ...
+
+
 class OpenFaaSRuntime:
-    def __init__(self, config: OpenFaaSConfig, gateway: Gateway, credentials: Callable[[Target], str],
-                 scaler: DeploymentScaler | None):
-        """``credentials`` issues the version pull token for a target, ``scaler`` is the Kubernetes access, if any."""
+    def __init__(self, config: OpenFaaSConfig, gateway: Gateway, credentials: Callable[[Target, list[str]], str],
+                 scaler: DeploymentScaler | None, environments: Callable[[], EnvironmentBuilds] | None = None):
+        """``credentials`` issues the version pull token for a target (and an environment artifact's digest),
+        ``scaler`` is the Kubernetes access, if any, and ``environments`` makes what builds environments
+        there (Jobs in the functions namespace, as on Kubernetes) the first time a version needs one."""
         self.config = config
         self.gateway = gateway
         self.credentials = credentials
         self.scaler = scaler
+        self._environments = environments
+        self._builds: EnvironmentBuilds | None = None
         self._seen_alive: dict[str, float] = {}  # function → until when it counts as deployed
         if config.pro:
             logger.warning("OpenFaaS Pro scales the functions: the registry leaves replicas to its autoscaler")
@@ -238,11 +251,24 @@ class OpenFaaSRuntime:
                            "Deployments, or use OpenFaaS Pro)")
 
     def build(self, bundle: Path, target: Target) -> Build:
-        """The model-server image's packages, as on Kubernetes (the same image runs the function)."""
-        return image_environment(bundle, "on OpenFaaS")
+        """The model-server image's packages, or (with Kubernetes access) an environment artifact built by a
+        Job, as on Kubernetes: the same image runs the function and fetches it."""
+        source, needed = beyond_the_image(bundle)
+        if not needed.requirements:
+            return IMAGE_BUILD
+        if self._environments is None:
+            raise ValueError(f"{source}: {', '.join(needed.requirements)} not in the model-server image; on "
+                             "OpenFaaS without Kubernetes access a model may use only the image's packages")
+        return self._environment_builds().build(bundle, target)
 
     def build_log(self, environment: str, lines: int = 200) -> str:
-        return ""
+        return self._environment_builds().log(environment, lines) if self._environments else ""
+
+    def _environment_builds(self) -> EnvironmentBuilds:
+        assert self._environments is not None
+        if self._builds is None:
+            self._builds = self._environments()
+        return self._builds
 
     def _check(self, spec: Spec) -> None:
         if spec.runtime.network and not self.config.allow_network:
@@ -259,15 +285,18 @@ class OpenFaaSRuntime:
             logger.warning("%s asks for up to %d replicas (scaling.max); OpenFaaS Community Edition runs at most %d",
                            spec.name, spec.scaling.max, CE_MAX_REPLICAS)
 
-    def function(self, name: str, spec: Spec, target: Target, root_path: str) -> dict[str, Any]:
-        """The FunctionDeployment the gateway receives for this version."""
+    def function(self, name: str, spec: Spec, target: Target, root_path: str,
+                 environment: str | None = None) -> dict[str, Any]:
+        """The FunctionDeployment the gateway receives for this version (``environment``: the digest of the
+        environment artifact it fetches, if the image's packages are not enough)."""
         gpu = bool(spec.resources.gpu.count and self.config.gpu_profile)
         size = {"cpu": f"{spec.resources.cpu:g}", "memory": str(spec.resources.memory)}
         return {
             "service": name, "namespace": self.config.namespace, "image": self.config.image,
             "envVars": {"MODELHALL_REGISTRY_URL": self.config.registry_url, "MODELHALL_REPOSITORY": target.repository,
                         "MODELHALL_DIGEST": target.digest, "MODELHALL_ROOT_PATH": root_path,
-                        "MODELHALL_PULL_TOKEN_FILE": f"{SECRETS_DIR}/{name}-pull", "MODELHALL_PORT": str(FUNCTION_PORT)},
+                        "MODELHALL_PULL_TOKEN_FILE": f"{SECRETS_DIR}/{name}-pull", "MODELHALL_PORT": str(FUNCTION_PORT),
+                        **({"MODELHALL_ENVIRONMENT": environment} if environment else {})},
             "secrets": [f"{name}-pull"],
             "labels": {"com.modelhall.managed": "true", **scale_labels(spec)},
             "annotations": {"com.modelhall.digest": target.digest,
@@ -278,12 +307,12 @@ class OpenFaaSRuntime:
 
     def start(self, bundle: Path, build: Build, target: Target, root_path: str) -> WorkerHandle:
         """Deploy (or update) the version's function with a fresh pull token; the gateway wakes it on the
-        first call to its endpoint. (``build`` stays unused: the image fetches the bundle and runs it.)"""
+        first call to its endpoint. The image fetches the bundle (and the environment ``build`` names)."""
         spec = load_spec_file(bundle)
         self._check(spec)
         name = function_name(target)
-        function = self.function(name, spec, target, root_path)
-        self.gateway.put_secret(f"{name}-pull", self.credentials(target))
+        function = self.function(name, spec, target, root_path, build.artifact)
+        self.gateway.put_secret(f"{name}-pull", self.credentials(target, [build.artifact] if build.artifact else []))
         if self.gateway.status(name) is None:
             self.gateway.deploy(function)
         else:
@@ -334,7 +363,7 @@ class OpenFaaSRuntime:
         return name
 
 
-def open_openfaas_runtime(settings: Settings) -> OpenFaaSRuntime:
+def open_openfaas_runtime(settings: Settings, artifacts: EnvironmentArtifacts) -> OpenFaaSRuntime:
     """The runtime ``MODELHALL_RUNTIME=openfaas`` configures (see the README's "On OpenFaaS")."""
     from modelhall.registry.auth.tokens import issue_version_pull_token
 
@@ -346,10 +375,24 @@ def open_openfaas_runtime(settings: Settings) -> OpenFaaSRuntime:
     if not config.image:
         raise ValueError("MODELHALL_RUNTIME=openfaas needs the model-server image: set MODELHALL_K8S_IMAGE")
 
-    def credentials(target: Target) -> str:
-        return issue_version_pull_token(settings.signing_key, target.repository, [target.digest],
+    def credentials(target: Target, environments: list[str]) -> str:
+        return issue_version_pull_token(settings.signing_key, target.repository, [target.digest, *environments],
                                         settings.k8s_pull_token_ttl)
 
     scaler = open_kubernetes_scaler(settings.k8s_kubeconfig) if settings.openfaas_kubernetes else None
+
+    def environments() -> EnvironmentBuilds:
+        """Jobs in the functions namespace, with the Kubernetes runtime's fencing (loaded on first use)."""
+        from kubernetes import client
+
+        from modelhall.adapters.runtimes.kubernetes import CONTAINER_SECURITY, POD_SECURITY, PodCache
+        from modelhall.adapters.runtimes.kubernetes_builds import EnvironmentJobs
+
+        assert scaler is not None
+        api = scaler.api_client()
+        return EnvironmentJobs(api, settings, config.namespace, config.registry_url,
+                               PodCache(client.CoreV1Api(api), config.namespace), artifacts,
+                               {"container": CONTAINER_SECURITY, "pod": POD_SECURITY})
+
     return OpenFaaSRuntime(config, Gateway(config.gateway, config.username, config.password, config.namespace),
-                           credentials, scaler)
+                           credentials, scaler, environments if scaler is not None else None)

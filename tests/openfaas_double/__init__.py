@@ -27,10 +27,12 @@ import asyncio
 import base64
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,6 +56,8 @@ from openfaas_double.schema import (
     Secret,
 )
 
+# What the model-server image's container runs, on the Kubernetes double (see model_server_image.py).
+MODEL_SERVER_COMMAND = [sys.executable, str(Path(__file__).parent / "model_server_image.py")]
 CE_MIN_REPLICAS, CE_MAX_REPLICAS = 1, 5
 POLL_SECONDS = 0.05  # the gateway's function poll interval (it is configurable there too)
 MAX_POLLS = 2400  # ×0.05 s: two minutes, then the held invocation fails
