@@ -18,7 +18,7 @@ from modelhall.bundle import mediatypes as mt
 from modelhall.bundle import pack_bundle
 from modelhall.registry.db.models import Run
 from modelhall.registry.db.session import make_session_factory
-from modelhall.spec import SpecError, parse_spec_json, parse_spec_yaml
+from modelhall.spec import SpecError, load_spec_file, parse_spec_json, parse_spec_yaml
 from modelhall.templates import template_path
 from oci_helpers import error_code, http, image_manifest, push_packed, upload
 from test_cli import cli
@@ -69,6 +69,17 @@ def pushed(registry: RegistryServer, bundle: Path) -> tuple[str, httpx.Client]:
     with pack_bundle(bundle) as packed:
         push_packed(owner, f"{user}/model", "latest", packed)
     return f"{user}/model", owner
+
+
+def test_a_spec_past_one_mib_is_refused_by_its_size_not_read(tmp_path: Path) -> None:
+    bundle = hello_bundle(tmp_path)
+    spec = bundle / "modelhall.yaml"
+    spec.write_text(spec.read_text() + "# " + "secret-looking padding " * 50_000 + "\n")
+    with pytest.raises(SpecError, match="modelhall.yaml is larger than 1024 KiB") as refused:
+        load_spec_file(bundle)
+    assert "padding" not in str(refused.value)  # the file's contents are never quoted
+    with pytest.raises(SpecError, match="larger than 1024 KiB"):
+        parse_spec_yaml(spec.read_text())
 
 
 def test_a_spec_of_aliases_is_refused_before_it_expands(bounded_registry: RegistryServer, tmp_path: Path) -> None:

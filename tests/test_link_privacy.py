@@ -93,6 +93,26 @@ def test_link_holders_read_no_repository_name_in_any_refusal(link_registry: Regi
     assert named.status_code in (200, 503) and (named.status_code == 200 or f"{user}/secret-name" in named.text)
 
 
+def test_a_link_holder_learns_neither_why_a_model_failed_nor_why_it_cannot_be_placed(
+        link_registry: RegistryServer, tmp_path: Path) -> None:
+    failing = "raise OSError('the weights at /srv/secret-name/model.bin are corrupt')\n"
+    user, _, _, owner = new_model(link_registry, tmp_path / "a", "fails-to-load", model=failing)
+    gpu_user, gpu_token = link_registry.user()
+    bundle = quick_hello(tmp_path / "b", idle_timeout=300)
+    with (bundle / "modelhall.yaml").open("a") as spec:
+        spec.write("resources: {gpu: {count: 8}}\n")  # more than this machine has
+    push_tag(link_registry, gpu_token, f"{gpu_user}/needs-gpus", "latest", bundle)
+    gpu_owner = http(link_registry.url, gpu_token)
+    for repository, author, status, generic, reason in (
+            (f"{user}/fails-to-load", owner, 502, "the model could not start; its author can see why", "corrupt"),
+            (f"{gpu_user}/needs-gpus", gpu_owner, 503, "the model cannot be placed on any machine now", "GPU")):
+        link = share(author, repository, anonymous=True)
+        refused = holder(link_registry, link).post("/api/v1/shared/predict", json={"inputs": {"name": "x"}})
+        assert (refused.status_code, refused.json()["detail"]) == (status, generic)
+        told = author.post(f"/api/v1/repos/{repository}/predict", json={"inputs": {"name": "x"}}, timeout=120)
+        assert told.status_code == status and reason in told.json()["detail"]  # the author is told why
+
+
 def test_a_pinned_link_shows_only_its_version(link_registry: RegistryServer, tmp_path: Path) -> None:
     user, token, first, owner = new_model(link_registry, tmp_path, "reviewed", tag="v1")
     bundle = quick_hello(tmp_path / "second", idle_timeout=300)
