@@ -853,8 +853,9 @@ class Deployments:
 
     async def run_reaper(self, every: float) -> None:
         """Collect runs, restart crashed workers, put idle deployments to sleep, retire deleted versions'
-        deployments, fail the async runs of replicas that died; forever, on the replica holding the reaper's lease. Every replica shrinks
-        its own pools (a worker is stopped by one replica only: :meth:`_claim_stop`).
+        deployments, fail the async runs of replicas that died; forever, on the replica holding the
+        reaper's lease. Every replica shrinks its own pools (a worker is stopped by one replica only:
+        :meth:`_claim_stop`).
 
         One failing round is logged and the next one runs: a dead reaper would leave
         every model awake.

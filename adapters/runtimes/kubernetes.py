@@ -16,6 +16,9 @@ it on the pod's address.
   the scale by one, so the ReplicaSet removes that pod and no other.
 - **alive** reads the cache: the pod is there, the same one, and its container has not restarted since.
 - A restarted registry adopts Ready pods: ``start`` hands out a Ready pod it finds before asking for more.
+- **build** gives the image's packages, or the environment artifact a Job built for the version's
+  requirements (``kubernetes_builds.py``); its pods fetch that artifact by digest.
+- A GPU pod the scheduler cannot place, with ``resources.gpu.cpu_fallback``, gets the CPU pod template.
 
 Pods are hardened (non-root, read-only root with an ``emptyDir`` ``/tmp``, no privilege escalation, no
 capabilities, seccomp ``RuntimeDefault``, no service-account token) and sized by ``resources``; GPUs
