@@ -1,9 +1,9 @@
 """An environment build Job's entry, in the model-server image: ``python -m modelhall.showcase.build_environment``.
 
 A cluster runtime (``adapters/runtimes/kubernetes.py``) starts one Job per requirements key, in a pod
-as hardened and fenced as a model's. It installs the requirements the image lacks into a virtualenv
-that sees the image's packages (so only what is missing is installed), packs the virtualenv's
-``site-packages`` as one deterministic tar+gzip layer, and pushes it to the version's repository as
+as hardened and fenced as a model's. It asks uv what the requirements add to the image's own
+environment (so only what is missing is installed, and nothing the platform imports is shadowed),
+installs exactly that into a folder, packs it as one deterministic tar+gzip layer, and pushes it to the version's repository as
 an environment artifact (by digest, annotated with the key) with the environment push token, which
 can push that and nothing else. Its last line names the artifact's digest. A model pod fetches the
 artifact by digest and puts the layer on its ``PYTHONPATH`` (``bootstrap.py``): a pod start is a
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from modelhall.client.errors import raise_for_response
 from modelhall.client.registry import RegistryClient
 
 PRIVATE = ("MODELHALL_PUSH_TOKEN",)
+PLANNED = re.compile(r"^ ([+-]) ([A-Za-z0-9][A-Za-z0-9._-]*)(==\S+| @ \S+)$")  # uv's " + name==1.0" lines
 
 
 def find_uv() -> str:
@@ -44,29 +45,46 @@ def find_uv() -> str:
     return find_uv_bin()
 
 
-def site_packages(venv: Path) -> Path:
-    """The virtualenv's own ``site-packages`` (the layer), for this image's Python."""
-    relative = Path(sysconfig.get_path("purelib")).relative_to(sysconfig.get_path("data"))
-    return venv / relative
+class ShadowsTheImage(RuntimeError):
+    """The requirements need another version of a package the image has (the platform's own)."""
 
 
-def install(requirements: list[str], venv: Path, scratch: Path) -> None:
-    """The requirements, into a virtualenv that sees the image's packages; the token is not in its environment."""
-    environment = {key: value for key, value in os.environ.items() if key not in PRIVATE}
-    environment["UV_CACHE_DIR"] = str(scratch / "uv-cache")
+def plan(requirements: list[str], scratch: Path, environment: dict[str, str]) -> list[str]:
+    """What installing ``requirements`` into the image's own environment would add, as exact pins.
+
+    uv resolves against what an environment has only when it installs into that environment; a
+    virtualenv or a ``--target`` beside it sees none of the image's packages and would install its
+    own copies (httpx, numpy …) that, first on ``PYTHONPATH``, would shadow the platform's. So the
+    image's environment (read-only here) is asked with ``--dry-run``, and only what it lacks is built.
+    """
     listed = scratch / "requirements.txt"
     listed.write_text("\n".join(requirements) + "\n")
-    uv = find_uv()
-    subprocess.run([uv, "venv", "--quiet", "--system-site-packages", "--python", sys.executable, str(venv)],
-                   env=environment, check=True)
-    subprocess.run([uv, "pip", "install", "--python", str(venv / "bin" / "python"), "-r", str(listed)],
-                   env=environment, check=True)
+    answer = subprocess.run([find_uv(), "pip", "install", "--dry-run", "--python", sys.executable, "-r", str(listed)],
+                            env=environment, capture_output=True, text=True, check=False)
+    print(answer.stderr + answer.stdout, end="", flush=True)  # the installer's words, in the Job's log
+    if answer.returncode != 0:
+        raise subprocess.CalledProcessError(answer.returncode, "uv pip install --dry-run")
+    changes = [match.groups() for match in map(PLANNED.match, (answer.stderr + answer.stdout).splitlines()) if match]
+    replaced = sorted(name for sign, name, _ in changes if sign == "-")
+    if replaced:
+        raise ShadowsTheImage(f"the requirements need other versions of {', '.join(replaced)} than the "
+                              "model-server image has")
+    return [f"{name}{pin}" for sign, name, pin in changes if sign == "+"]
+
+
+def install(pins: list[str], target: Path, scratch: Path, environment: dict[str, str]) -> None:
+    """Exactly ``pins``, nothing they depend on (the image has it), into the folder the layer is made of."""
+    listed = scratch / "planned.txt"
+    listed.write_text("\n".join(pins) + "\n")
+    subprocess.run([find_uv(), "pip", "install", "--no-deps", "--python", sys.executable, "--target", str(target),
+                    "-r", str(listed)], env=environment, check=True)
 
 
 def pack(folder: Path, target: Path) -> None:
     """``folder``'s files as a deterministic tar+gzip (no bytecode caches: pods write none)."""
     names = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
-                   if (path.is_file() or path.is_symlink()) and "__pycache__" not in path.parts)
+                   if (path.is_file() or path.is_symlink()) and "__pycache__" not in path.parts
+                   and path != folder / ".lock")  # uv's, while it installed
     write_code_layer(folder, names, target)
 
 
@@ -100,14 +118,20 @@ def main() -> None:
     requirements = [line for line in environment["MODELHALL_REQUIREMENTS"].splitlines() if line.strip()]
     key = environment["MODELHALL_ENVIRONMENT_KEY"]
     scratch = Path(tempfile.mkdtemp(prefix="environment-", dir=environment.get("TMPDIR")))
-    venv = scratch / "venv"
+    installer = {name: value for name, value in environment.items() if name not in PRIVATE}
+    installer["UV_CACHE_DIR"] = str(scratch / "uv-cache")
+    packages = scratch / "packages"
     print(f"building environment {key}: {', '.join(requirements)}", flush=True)
     try:
-        install(requirements, venv, scratch)
+        pins = plan(requirements, scratch, installer)
+        print(f"beyond the image: {', '.join(pins)}", flush=True)
+        install(pins, packages, scratch, installer)
     except subprocess.CalledProcessError as error:  # the installer said why, above
         sys.exit(f"the installer failed (exit status {error.returncode})")
+    except ShadowsTheImage as error:
+        sys.exit(str(error))
     layer = scratch / "layer.tar.gz"
-    pack(site_packages(venv), layer)
+    pack(packages, layer)
     config, manifest, described = artifact(key, requirements, layer)
     print(f"pushing {described['size']} bytes", flush=True)  # not where: builds are shared across repositories
     digest = push(environment["MODELHALL_REGISTRY_URL"], environment["MODELHALL_REPOSITORY"],

@@ -23,14 +23,17 @@ from modelhall.adapters.runtimes.environments import (
 from modelhall.adapters.runtimes.sandbox import bwrap_path
 
 
-def make_wheel(wheelhouse: Path, name: str, version: str, extra: dict[str, str] | None = None) -> None:
-    """A minimal pure-Python wheel, so the tests need no package index; ``extra`` files go beside its package."""
+def make_wheel(wheelhouse: Path, name: str, version: str, extra: dict[str, str] | None = None,
+               requires: tuple[str, ...] = ()) -> None:
+    """A minimal pure-Python wheel, so the tests need no package index; ``extra`` files go beside its
+    package, ``requires`` are its dependencies."""
     dist = f"{name}-{version}.dist-info"
     with zipfile.ZipFile(wheelhouse / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
         wheel.writestr(f"{name}/__init__.py", f"VERSION = {version!r}\n")
         for path, content in (extra or {}).items():
             wheel.writestr(path, content)
-        wheel.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        wheel.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                           + "".join(f"Requires-Dist: {requirement}\n" for requirement in requires))
         wheel.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: modelhall-tests\nRoot-Is-Purelib: true\n"
                                         "Tag: py3-none-any\n")
         wheel.writestr(f"{dist}/RECORD", "")

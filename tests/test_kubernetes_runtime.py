@@ -42,10 +42,10 @@ def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubernetesDoubl
 
 @pytest.fixture(scope="module")
 def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A package index over HTTP, as a cluster's builds reach one (``alpha`` 1.0 only): a folder of
-    wheels and its listing page, which uv reads as ``--find-links``."""
+    """A package index over HTTP, as a cluster's builds reach one (``alpha`` 1.0 only, which needs
+    pyyaml): a folder of wheels and its listing page, which uv reads as ``--find-links``."""
     folder = tmp_path_factory.mktemp("wheelhouse")
-    make_wheel(folder, "alpha", "1.0")
+    make_wheel(folder, "alpha", "1.0", requires=("pyyaml",))  # a dependency the image has: not built again
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietFiles, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -330,6 +330,7 @@ def test_a_model_needing_more_than_the_image_runs_on_an_environment_a_job_built_
     build_log = http(k8s_registry.url, token).get(f"/api/v1/repos/{user}/needs-alpha/deployment/logs",
                                                   params={"build": "true"})
     assert f"environment {artifact}" in build_log.text  # the Job's own output, through the API
+    assert "beyond the image: alpha==1.0\n" in build_log.text  # not the pyyaml it needs: the image has it
 
     other, other_token, _ = push(k8s_registry, needing(tmp_path / "b", "alpha==1.0"), "also-alpha")
     assert predict(k8s_registry, f"{other}/also-alpha", "y").json()["outputs"] == {"greeting": "alpha 1.0, fetched: True"}
