@@ -27,7 +27,7 @@ from conftest import RegistryServer, free_port, serve_registry, unique
 from modelhall.bundle import pack_bundle
 from modelhall.cli.gallery import gallery_command
 from modelhall.showcase import gallery
-from modelhall.showcase.gallery import charts, model_page
+from modelhall.showcase.gallery import browse, charts, model_page
 from modelhall.showcase.gallery.snippets import snippets
 from modelhall.spec import load_spec_file
 from modelhall.templates import template_path
@@ -181,6 +181,14 @@ def test_the_deployment_banner_says_each_state() -> None:
         "error", "The model failed to start: ImportError: torch")
     assert say({"state": "unschedulable", "detail": "no GPU is free"}) == (
         "warning", "The model cannot be started here now: no GPU is free")
+
+
+def test_tiles_of_models_of_one_task_tell_them_apart_and_quote_no_markup() -> None:
+    first, second = browse.task_tile("text-generation", "alice/poet"), browse.task_tile("text-generation", "bob/scribe")
+    assert first != second and ">P<" in first and "poet" in first and ">S<" in second and "scribe" in second
+    assert "text generation" in first and browse.task_tile(None, "carol/hello").count("no task") == 1
+    hostile = browse.task_tile("image-classification", "mallory/<img src=x onerror=alert(1)>")
+    assert "<img" not in hostile and "&lt;img" in hostile
 
 
 def test_what_may_not_be_seen_reads_as_not_there(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
