@@ -52,6 +52,7 @@ LOG_LINES_ON_FAILURE = 20
 MAX_RESTARTS = 3
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 4.0)
 DEFAULT_CALL_SECONDS = RuntimeSection.model_fields["timeout"].default
+DEFAULT_STARTUP_SECONDS = RuntimeSection.model_fields["startup_timeout"].default
 CALL_TIMEOUT_MARGIN_SECONDS = 10.0
 REAPER_LEASE = "reaper"
 START_POLL_SECONDS = 0.1  # how often a replica looks for the worker another replica is starting
@@ -244,6 +245,11 @@ class Version:
     @property
     def scaling(self) -> Scaling:
         return Scaling.model_validate(self.spec.get("scaling", {}))
+
+    @property
+    def startup_timeout(self) -> float:
+        """How long one of its workers may take to start (the spec's bound on loading the model)."""
+        return float(self.spec.get("runtime", {}).get("startup_timeout", DEFAULT_STARTUP_SECONDS))
 
     @property
     def call_timeout(self) -> float:
@@ -521,7 +527,8 @@ class Deployments:
         otherwise serve through the workers the other replicas started. A failure leaves the deployment
         as it was: its other workers serve."""
         try:
-            if await run_in_threadpool(self._reserve_worker, pool.deployment_id, pool.scaling.max):
+            if await run_in_threadpool(self._reserve_worker, pool.deployment_id, pool.scaling.max,
+                                       version.startup_timeout + self.round_seconds):
                 await self._launch(pool.deployment_id, version, reserved=True)
             else:
                 await self._adopt_live(pool)
@@ -531,17 +538,21 @@ class Deployments:
             self._growing.discard(pool.deployment_id)
             await run_in_threadpool(self._count_desired, pool.deployment_id)
 
-    def _reserve_worker(self, deployment_id: int, most: int) -> bool:
+    def _reserve_worker(self, deployment_id: int, most: int, lapse: float) -> bool:
         """Hold a place for one more worker if the deployment's workers, on every replica, and the places
         already held number fewer than ``most``. The deployment's row is locked while counting
-        (PostgreSQL; SQLite writes one at a time), so two replicas never both take the last place."""
+        (PostgreSQL; SQLite writes one at a time), so two replicas never both take the last place.
+        Places held for ``lapse`` seconds (longer than a start may take) were a dead replica's: they go."""
         with self.context.sessions() as db:
             deployment = db.scalars(select(Deployment).where(Deployment.id == deployment_id).with_for_update()).one()
             running = db.scalar(select(func.count()).select_from(Worker).where(
                 Worker.deployment_id == deployment_id, Worker.state.in_(("starting", "ready")))) or 0
+            if deployment.pending_since and utcnow() - deployment.pending_since > timedelta(seconds=lapse):
+                deployment.pending_workers = 0
             if running + deployment.pending_workers >= most:
                 return False
             deployment.pending_workers += 1
+            deployment.pending_since = utcnow()
             deployment.desired_replicas = running + deployment.pending_workers
             db.commit()
             return True

@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from conftest import RegistryServer, _postgres_database, require_tool
 from modelhall.adapters.runtimes.local import LocalRuntime
 from modelhall.adapters.storage.filesystem import FileBlobStore
 from modelhall.registry.context import RegistryContext
+from modelhall.registry.deployments import Deployments
 from modelhall.registry.db.models import Deployment, Lease, Repository, Run, Worker
 from modelhall.registry.db.session import make_engine, make_session_factory, migrate
 from modelhall.registry.runs import JournalReader, JournalTaken, RunTicket, RunTickets
@@ -394,4 +396,34 @@ def test_a_collector_that_read_a_journal_page_before_another_recorded_it_records
         assert db.get(Worker, worker_row).journal_cursor == 5  # type: ignore[union-attr]
         assert db.scalar(select(func.count()).select_from(Run)) == 2
         assert db.get(Repository, repository_id).run_count == 2  # type: ignore[union-attr]
+    engine.dispose()
+
+
+def test_places_held_for_workers_by_a_replica_that_died_lapse(tmp_path: Path) -> None:
+    """A replica killed between taking a place under ``scaling.max`` and recording its worker leaves the
+    place taken; once it has been held longer than a start may take, the others may use it."""
+    settings = Settings(data_dir=tmp_path, secret_key="a key shared by every replica, long enough")
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    sessions = make_session_factory(engine)
+    context = RegistryContext(settings=settings, engine=engine, sessions=sessions,
+                              store=FileBlobStore(tmp_path / "blobs"))
+    deployments = Deployments(context, LocalRuntime(tmp_path / "runtime", sandboxed=False), wake_timeout=30)
+    with sessions() as db:
+        repository = Repository(name="alice/elastic", namespace="alice")
+        db.add(repository)
+        db.flush()
+        deployment = Deployment(repository_id=repository.id, digest=sha256(b"a version"), state="running")
+        db.add(deployment)
+        db.commit()
+        deployment_id = deployment.id
+    assert deployments._reserve_worker(deployment_id, most=1, lapse=600)  # taken, and its replica dies
+    assert not deployments._reserve_worker(deployment_id, most=1, lapse=600)
+    with sessions() as db:
+        db.execute(update(Deployment).where(Deployment.id == deployment_id).values(
+            pending_since=datetime.now(UTC) - timedelta(seconds=601)))
+        db.commit()
+    assert deployments._reserve_worker(deployment_id, most=1, lapse=600)
+    with sessions() as db:
+        assert db.get(Deployment, deployment_id).pending_workers == 1  # type: ignore[union-attr]
     engine.dispose()

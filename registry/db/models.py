@@ -265,6 +265,7 @@ class Deployment(Base):
     # extra workers a replica has been allowed to start and has not recorded yet: with the recorded
     # ones, what ``scaling.max`` caps across every replica
     pending_workers: Mapped[int] = mapped_column(default=0, server_default="0")
+    pending_since: Mapped[datetime | None]  # the newest of those places: they lapse with a replica that died
     restarts: Mapped[int] = mapped_column(default=0)
     last_request_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

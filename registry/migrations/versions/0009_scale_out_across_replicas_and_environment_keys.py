@@ -20,6 +20,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column('last_used_at', sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table('deployments') as batch:
         batch.add_column(sa.Column('pending_workers', sa.Integer(), nullable=False, server_default='0'))
+        batch.add_column(sa.Column('pending_since', sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table('manifests') as batch:
         batch.add_column(sa.Column('environment_key', sa.String(length=64), nullable=True))
         batch.create_index('ix_manifests_environment_key', ['environment_key'])
@@ -30,6 +31,7 @@ def downgrade() -> None:
         batch.drop_index('ix_manifests_environment_key')
         batch.drop_column('environment_key')
     with op.batch_alter_table('deployments') as batch:
+        batch.drop_column('pending_since')
         batch.drop_column('pending_workers')
     with op.batch_alter_table('workers') as batch:
         batch.drop_column('last_used_at')
