@@ -124,8 +124,10 @@ def main() -> None:
     print(f"building environment {key}: {', '.join(requirements)}", flush=True)
     try:
         pins = plan(requirements, scratch, installer)
-        print(f"beyond the image: {', '.join(pins)}", flush=True)
-        install(pins, packages, scratch, installer)
+        print(f"beyond the image: {', '.join(pins) or 'nothing (the image has it all)'}", flush=True)
+        packages.mkdir()
+        if pins:
+            install(pins, packages, scratch, installer)
     except subprocess.CalledProcessError as error:  # the installer said why, above
         sys.exit(f"the installer failed (exit status {error.returncode})")
     except ShadowsTheImage as error:
