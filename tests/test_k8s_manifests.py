@@ -71,7 +71,8 @@ OPERATOR_SECRETS = {"production": {"modelhall-secrets", "modelhall-tls"}}
 # and the Kubernetes runtime's, which the runtime adds to Settings (issue 16).
 OTHER_SETTINGS = {"MODELHALL_PUBLIC_URL", "MODELHALL_K8S_NAMESPACE", "MODELHALL_K8S_IMAGE", "MODELHALL_K8S_REGISTRY_URL",
                   "MODELHALL_K8S_REGISTRY_NAMESPACE", "MODELHALL_K8S_REGISTRY_LABELS"}
-RUNTIME_MODULES = [ROOT / "adapters" / "runtimes" / name for name in ("kubernetes.py", "kubernetes_builds.py")]
+RUNTIME_MODULES = [ROOT / "adapters" / "runtimes" / name
+                   for name in ("kubernetes.py", "kubernetes_builds.py", "kubernetes_pods.py")]
 # kubernetes client methods → (API group, resource, verb); list_* under a watch also needs watch.
 CLIENT_VERBS = {"create": "create", "read": "get", "patch": "patch", "replace": "update", "delete": "delete",
                 "list": "list"}

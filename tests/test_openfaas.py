@@ -179,7 +179,7 @@ def test_idle_functions_go_to_zero_through_kubernetes_and_the_gateway_wakes_them
     assert httpx.get(f"{handle.endpoint}/x?y=1", timeout=30).json()["path"] == "/x?y=1"
     [pid] = gateway.processes(name)
     runtime.stop(handle)
-    assert gateway.function(name).replicas == 0 and gateway.processes(name) == []  # type: ignore[union-attr]
+    assert gateway.replicas(name) == 0 and gateway.processes(name) == []
     assert runtime.alive(handle)  # asleep, not gone
     answer = httpx.get(f"{handle.endpoint}/after", timeout=30)  # held while the gateway scales it from zero
     assert answer.status_code == 200 and answer.json()["path"] == "/after"
@@ -195,7 +195,7 @@ def test_without_kubernetes_access_or_with_pro_in_charge_the_registry_keeps_its_
     assert ("OpenFaaS Pro scales" if pro else "no Kubernetes access") in caplog.text
     handle = runtime.start(bundle_with(tmp_path, ""), Build("env", ""), TARGET, ROOT_PATH)
     runtime.stop(handle)
-    assert gateway.function(function_name(TARGET)).replicas == 1  # type: ignore[union-attr]
+    assert gateway.replicas(function_name(TARGET)) == 1
     assert not any(path.endswith("/scale") for _, path, _ in gateway.kubernetes.api.requests)
 
 
@@ -291,7 +291,7 @@ def test_push_predict_sleep_and_wake_through_openfaas(openfaas_registry: Registr
     name = worker["id"].partition(".")[0]
     assert gateway.processes(name)
     wait_for(lambda: status(openfaas_registry, repository, token)["state"] == "sleeping", "the deployment sleeping")
-    wait_for(lambda: gateway.function(name).replicas == 0 and not gateway.processes(name),  # type: ignore[union-attr]
+    wait_for(lambda: gateway.replicas(name) == 0 and not gateway.processes(name),
              "the idle function scaled to zero")
     again = predict(openfaas_registry, repository, "Bo", token)  # wakes it again
     assert again.status_code == 200, again.text

@@ -357,15 +357,24 @@ def test_an_async_run_whose_replica_is_killed_is_failed_with_the_reason_never_lo
         claimer.start()
 
 
-def test_a_collector_that_read_a_journal_page_before_another_recorded_it_records_nothing(tmp_path: Path) -> None:
-    """Two collectors (two replicas) read one worker's page at cursor 0; the first records it and moves the
-    cursor on. The second, late, must neither record the runs again nor move the cursor back."""
+@pytest.fixture
+def context(tmp_path: Path) -> Iterator[RegistryContext]:
+    """A replica's context in this process, on a database of the test's own, for its parts on their own."""
     settings = Settings(data_dir=tmp_path, secret_key="a key shared by every replica, long enough")
     engine = make_engine(settings.database_url)
     migrate(engine)
-    sessions = make_session_factory(engine)
-    context = RegistryContext(settings=settings, engine=engine, sessions=sessions,
+    try:
+        yield RegistryContext(settings=settings, engine=engine, sessions=make_session_factory(engine),
                               store=FileBlobStore(tmp_path / "blobs"))
+    finally:
+        engine.dispose()
+
+
+def test_a_collector_that_read_a_journal_page_before_another_recorded_it_records_nothing(
+        context: RegistryContext, tmp_path: Path) -> None:
+    """Two collectors (two replicas) read one worker's page at cursor 0; the first records it and moves the
+    cursor on. The second, late, must neither record the runs again nor move the cursor back."""
+    settings, sessions = context.settings, context.sessions
     digest = sha256(b"a version")
     with sessions() as db:
         repository = Repository(name="alice/journal", namespace="alice")
@@ -396,18 +405,12 @@ def test_a_collector_that_read_a_journal_page_before_another_recorded_it_records
         assert db.get(Worker, worker_row).journal_cursor == 5  # type: ignore[union-attr]
         assert db.scalar(select(func.count()).select_from(Run)) == 2
         assert db.get(Repository, repository_id).run_count == 2  # type: ignore[union-attr]
-    engine.dispose()
 
 
-def test_places_held_for_workers_by_a_replica_that_died_lapse(tmp_path: Path) -> None:
+def test_places_held_for_workers_by_a_replica_that_died_lapse(context: RegistryContext, tmp_path: Path) -> None:
     """A replica killed between taking a place under ``scaling.max`` and recording its worker leaves the
     place taken; once it has been held longer than a start may take, the others may use it."""
-    settings = Settings(data_dir=tmp_path, secret_key="a key shared by every replica, long enough")
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    sessions = make_session_factory(engine)
-    context = RegistryContext(settings=settings, engine=engine, sessions=sessions,
-                              store=FileBlobStore(tmp_path / "blobs"))
+    sessions = context.sessions
     deployments = Deployments(context, LocalRuntime(tmp_path / "runtime", sandboxed=False), wake_timeout=30)
     with sessions() as db:
         repository = Repository(name="alice/elastic", namespace="alice")
@@ -426,4 +429,3 @@ def test_places_held_for_workers_by_a_replica_that_died_lapse(tmp_path: Path) ->
     assert deployments._reserve_worker(deployment_id, most=1, lapse=600)
     with sessions() as db:
         assert db.get(Deployment, deployment_id).pending_workers == 1  # type: ignore[union-attr]
-    engine.dispose()

@@ -29,28 +29,31 @@ runtime class.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from modelhall.adapters.runtimes.base import Build, EnvironmentArtifacts, Target, UnschedulableError, WorkerHandle
 from modelhall.adapters.runtimes.kubernetes_builds import EnvironmentJobs
+from modelhall.adapters.runtimes.kubernetes_pods import (
+    CONTAINER_SECURITY,
+    DEPLOYMENT_LABEL,
+    MANAGED_BY,
+    PLATFORM,
+    POD_SECURITY,
+    PodCache,
+    connect,
+    read_pod_log,
+)
 from modelhall.registry.auth.tokens import issue_version_pull_token
 from modelhall.settings import Settings
 from modelhall.spec import Spec, load_spec_file
 
-logger = logging.getLogger(__name__)
-
-MANAGED_BY = "app.kubernetes.io/managed-by"
-PLATFORM = "modelhall"
-DEPLOYMENT_LABEL = "modelhall.io/deployment"
 REPOSITORY_LABEL = "modelhall.io/repository-id"
 DIGEST_LABEL = "modelhall.io/digest"  # the digest's first 63 hex digits (a label value's limit); in full in an annotation
 DIGEST_ANNOTATION = "modelhall.io/digest"
@@ -60,11 +63,6 @@ GPU_PRODUCT = "nvidia.com/gpu.product"
 BOOTSTRAP = ["python", "-m", "modelhall.showcase.bootstrap"]
 STARTUP_PERIOD_SECONDS = 2
 MERGE_PATCH = "application/merge-patch+json"
-WATCH_SECONDS = 300
-CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                      "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
-                "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 class NoNodeError(UnschedulableError):
@@ -107,68 +105,6 @@ def restarts(pod: dict[str, Any]) -> int:
     return sum(status.get("restartCount", 0) for status in (pod.get("status") or {}).get("containerStatuses") or [])
 
 
-class PodCache:
-    """The platform's pods in the namespace, kept current by one watch (relisted when it expires)."""
-
-    def __init__(self, core: client.CoreV1Api, namespace: str):
-        self.core, self.namespace = core, namespace
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.changed = threading.Condition()
-        self._synced = threading.Event()
-        self._stopped = threading.Event()
-        self._watch: watch.Watch | None = None
-        self._thread = threading.Thread(target=self._follow, name="modelhall-pod-watch", daemon=True)
-        self._thread.start()
-
-    def _follow(self) -> None:
-        selector = f"{MANAGED_BY}={PLATFORM}"
-        while not self._stopped.is_set():
-            try:
-                listed = self.core.list_namespaced_pod(self.namespace, label_selector=selector,
-                                                       _preload_content=False)
-                body = json.loads(listed.data)
-                with self.changed:
-                    self.pods = {pod["metadata"]["name"]: pod for pod in body["items"]}
-                    self.changed.notify_all()
-                self._synced.set()
-                version = body["metadata"]["resourceVersion"]
-                self._watch = watch.Watch()
-                for event in self._watch.stream(self.core.list_namespaced_pod, self.namespace,
-                                                label_selector=selector, resource_version=version,
-                                                timeout_seconds=WATCH_SECONDS, deserialize=False):
-                    pod = event["object"]
-                    with self.changed:
-                        if event["type"] == "DELETED":
-                            self.pods.pop(pod["metadata"]["name"], None)
-                        elif event["type"] in ("ADDED", "MODIFIED"):
-                            self.pods[pod["metadata"]["name"]] = pod
-                        self.changed.notify_all()
-            except Exception:  # noqa: BLE001 - the API server went away for a moment: relist and watch again
-                if self._stopped.is_set():
-                    return
-                logger.warning("the pod watch failed; relisting", exc_info=True)
-                time.sleep(1)
-
-    def wait_synced(self, timeout: float = 30) -> None:
-        if not self._synced.wait(timeout):
-            raise RuntimeError("the Kubernetes API did not answer the pod list")
-
-    def of(self, deployment: str) -> list[dict[str, Any]]:
-        return [pod for pod in self.pods.values()
-                if (pod["metadata"].get("labels") or {}).get(DEPLOYMENT_LABEL) == deployment
-                and not pod["metadata"].get("deletionTimestamp")]
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float) -> Any:
-        """The first truthy value of ``predicate`` (called on every change), or None after ``timeout``."""
-        with self.changed:
-            return self.changed.wait_for(predicate, timeout)
-
-    def close(self) -> None:
-        self._stopped.set()
-        if self._watch is not None:
-            self._watch.stop()
-
-
 class KubernetesRuntime:
     def __init__(self, settings: Settings, artifacts: EnvironmentArtifacts):
         self.settings = settings
@@ -176,26 +112,16 @@ class KubernetesRuntime:
         if not settings.k8s_image:
             raise ValueError("MODELHALL_RUNTIME=kubernetes needs MODELHALL_K8S_IMAGE, the model-server image")
         self.registry_url = (settings.k8s_registry_url or settings.url).rstrip("/")
-        api_client = self._connect(settings.k8s_kubeconfig)
+        api_client = connect(settings.k8s_kubeconfig)
         self.apps = client.AppsV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
         self.pods = PodCache(self.core, self.namespace)
         self.environments = EnvironmentJobs(api_client, settings, self.namespace, self.registry_url, self.pods,
-                                            artifacts, {"container": CONTAINER_SECURITY, "pod": POD_SECURITY})
+                                            artifacts)
         self._handed: dict[str, set[str]] = {}  # deployment → pods this registry uses
         self._claims: dict[str, int] = {}  # deployment → starts waiting for a pod now
         self._locks: dict[str, threading.Lock] = {}
-
-    @staticmethod
-    def _connect(kubeconfig: str | None) -> client.ApiClient:
-        if kubeconfig:
-            return config.new_client_from_config(kubeconfig)
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        return client.ApiClient()
 
     def close(self) -> None:
         self.pods.close()
@@ -483,12 +409,7 @@ class KubernetesRuntime:
 
     def logs(self, worker: WorkerHandle, lines: int = 50) -> str:
         name, _, _ = self._parts(worker)
-        try:
-            return str(self.core.read_namespaced_pod_log(name, self.namespace, tail_lines=lines))
-        except ApiException as error:
-            if error.status in (400, 404):
-                return ""
-            raise
+        return read_pod_log(self.core, self.namespace, name, lines)
 
     def remove(self, target: Target) -> None:
         """Delete a version's Deployment; its pods, Secret and NetworkPolicy go with it (owner references)."""

@@ -33,6 +33,14 @@ from modelhall.adapters.runtimes.environments import (
     EnvironmentBuildError,
     beyond_the_image,
 )
+from modelhall.adapters.runtimes.kubernetes_pods import (
+    CONTAINER_SECURITY,
+    MANAGED_BY,
+    PLATFORM,
+    POD_SECURITY,
+    PodCache,
+    read_pod_log,
+)
 from modelhall.registry.auth.tokens import issue_environment_push_token
 from modelhall.settings import Settings
 
@@ -58,14 +66,14 @@ def finished(pod: dict[str, Any]) -> bool:
 
 class EnvironmentJobs:
     def __init__(self, api_client: client.ApiClient, settings: Settings, namespace: str, registry_url: str,
-                 pod_cache: Any, artifacts: EnvironmentArtifacts, hardening: dict[str, Any]):
+                 pod_cache: PodCache, artifacts: EnvironmentArtifacts):
         """Jobs in ``namespace`` (the models', or an OpenFaaS functions namespace), followed in ``pod_cache``
         (the runtime's watch of the platform's pods there)."""
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
         self.settings, self.namespace, self.registry_url = settings, namespace, registry_url
-        self.pods, self.artifacts, self.hardening = pod_cache, artifacts, hardening
+        self.pods, self.artifacts = pod_cache, artifacts
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -89,12 +97,11 @@ class EnvironmentJobs:
 
     def log(self, key: str, lines: int = 200) -> str:
         """The installer's output, from the newest pod of the environment's Job (while the Job is kept)."""
-        pods = [pod for pod in self.pods.pods.values()
-                if (pod["metadata"].get("labels") or {}).get(ENVIRONMENT_LABEL) == key]
+        pods = self.pods.labelled(ENVIRONMENT_LABEL, key)
         if not pods:
             return ""
         newest = max(pods, key=lambda pod: pod["metadata"].get("creationTimestamp") or "")
-        return self._pod_log(newest["metadata"]["name"], lines)
+        return read_pod_log(self.core, self.namespace, newest["metadata"]["name"], lines)
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -115,14 +122,13 @@ class EnvironmentJobs:
         pod = self.pods.wait_for(lambda: self._finished_pod(key), timeout=BUILD_SECONDS)
         if pod is None:
             raise EnvironmentBuildError(f"the build of environment {key} did not finish within {BUILD_SECONDS:g} s")
-        log = self._pod_log(pod["metadata"]["name"], LOG_LINES)
+        log = read_pod_log(self.core, self.namespace, pod["metadata"]["name"], LOG_LINES)
         if pod["status"]["phase"] != "Succeeded":
             raise EnvironmentBuildError(f"the build of environment {key} failed:\n{log}", log)
         return log
 
     def _finished_pod(self, key: str) -> dict[str, Any] | None:
-        return next((pod for pod in self.pods.pods.values()
-                     if (pod["metadata"].get("labels") or {}).get(ENVIRONMENT_LABEL) == key and finished(pod)), None)
+        return next((pod for pod in self.pods.labelled(ENVIRONMENT_LABEL, key) if finished(pod)), None)
 
     def _job(self, name: str) -> dict[str, Any] | None:
         try:
@@ -138,12 +144,10 @@ class EnvironmentJobs:
         except ApiException as error:
             if error.status != 404:
                 raise
-        self.pods.wait_for(lambda: not any(
-            (pod["metadata"].get("labels") or {}).get("job-name") == name for pod in self.pods.pods.values()),
-            timeout=60)
+        self.pods.wait_for(lambda: not self.pods.labelled("job-name", name), timeout=60)
 
     def _create(self, name: str, key: str, requirements: tuple[str, ...], target: Target) -> None:
-        labels = {"app.kubernetes.io/managed-by": "modelhall", ENVIRONMENT_LABEL: key,
+        labels = {MANAGED_BY: PLATFORM, ENVIRONMENT_LABEL: key,
                   "app.kubernetes.io/component": "environment-build"}
         try:
             created = self.batch.create_namespaced_job(self.namespace, self.job_manifest(name, key, requirements,
@@ -184,11 +188,11 @@ class EnvironmentJobs:
                 *index,
             ],
             "resources": BUILD_RESOURCES,
-            "securityContext": self.hardening["container"],
+            "securityContext": CONTAINER_SECURITY,
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         }
         pod_spec = {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False,
-                    "enableServiceLinks": False, "securityContext": self.hardening["pod"],
+                    "enableServiceLinks": False, "securityContext": POD_SECURITY,
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": BUILD_DISK}}]}
         return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": labels},
                 "spec": {"backoffLimit": 0, "activeDeadlineSeconds": int(BUILD_SECONDS),
@@ -203,7 +207,7 @@ class EnvironmentJobs:
                         "kubernetes.io/metadata.name": self.settings.k8s_registry_namespace}},
                     "podSelector": {"matchLabels": dict(self.settings.k8s_registry_labels)}}
         policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                  "metadata": {"name": BUILD_POLICY, "labels": {"app.kubernetes.io/managed-by": "modelhall"}},
+                  "metadata": {"name": BUILD_POLICY, "labels": {MANAGED_BY: PLATFORM}},
                   "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "environment-build"}},
                            "policyTypes": ["Ingress", "Egress"], "ingress": [],
                            "egress": [{"to": [registry]},
@@ -215,11 +219,3 @@ class EnvironmentJobs:
         except ApiException as error:
             if error.status != 409:
                 raise
-
-    def _pod_log(self, pod: str, lines: int) -> str:
-        try:
-            return str(self.core.read_namespaced_pod_log(pod, self.namespace, tail_lines=lines))
-        except ApiException as error:
-            if error.status in (400, 404):
-                return ""
-            raise

@@ -111,12 +111,9 @@ class KubernetesScaler:
         return self._apps
 
     def api_client(self) -> Any:
-        from kubernetes import client, config
+        from modelhall.adapters.runtimes.kubernetes_pods import connect
 
-        if self.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()
-            return client.ApiClient()
-        return config.new_client_from_config(config_file=self.kubeconfig)
+        return connect(self.kubeconfig)
 
     def scale(self, name: str, namespace: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
@@ -385,14 +382,13 @@ def open_openfaas_runtime(settings: Settings, artifacts: EnvironmentArtifacts) -
         """Jobs in the functions namespace, with the Kubernetes runtime's fencing (loaded on first use)."""
         from kubernetes import client
 
-        from modelhall.adapters.runtimes.kubernetes import CONTAINER_SECURITY, POD_SECURITY, PodCache
         from modelhall.adapters.runtimes.kubernetes_builds import EnvironmentJobs
+        from modelhall.adapters.runtimes.kubernetes_pods import PodCache
 
         assert scaler is not None
         api = scaler.api_client()
         return EnvironmentJobs(api, settings, config.namespace, config.registry_url,
-                               PodCache(client.CoreV1Api(api), config.namespace), artifacts,
-                               {"container": CONTAINER_SECURITY, "pod": POD_SECURITY})
+                               PodCache(client.CoreV1Api(api), config.namespace), artifacts)
 
     return OpenFaaSRuntime(config, Gateway(config.gateway, config.username, config.password, config.namespace),
                            credentials, scaler, environments if scaler is not None else None)

@@ -73,7 +73,6 @@ class Function:
     namespace: str
     invocations: int = 0
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    replicas: int = 0  # the Deployment's, as the gateway last read it
 
     @property
     def min_replicas(self) -> int:
@@ -126,10 +125,12 @@ class OpenFaaSGatewayDouble:
 
     def function(self, name: str, namespace: str = "openfaas-fn") -> Function | None:
         with self.lock:
-            function = self.functions.get((namespace, name))
-            if function is not None:
-                function.replicas = self._replicas(function)
-            return function
+            return self.functions.get((namespace, name))
+
+    def replicas(self, name: str, namespace: str = "openfaas-fn") -> int:
+        """The replicas the function's Deployment asks for (0 for a function that is not there)."""
+        function = self.function(name, namespace)
+        return self._replicas(function) if function else 0
 
     def processes(self, name: str, namespace: str = "openfaas-fn") -> list[int]:
         """The pids of the function's running replicas (its pods' containers, as the kubelet runs them)."""
