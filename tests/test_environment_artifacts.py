@@ -5,7 +5,9 @@ repository's versions with the same requirements would run."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import uuid
 from pathlib import Path
 
@@ -13,10 +15,12 @@ import httpx
 import pytest
 
 from conftest import RegistryServer
+from modelhall.bundle import UnsafeArchiveError
 from modelhall.bundle import mediatypes as mt
-from modelhall.registry.auth.tokens import issue_environment_push_token
+from modelhall.registry.auth.tokens import issue_environment_push_token, issue_version_pull_token
 from modelhall.registry.db.session import make_session_factory
 from modelhall.registry.environments import StoredEnvironments
+from modelhall.showcase.bootstrap import fetch_environment
 from modelhall.adapters.storage.filesystem import FileBlobStore
 from oci_helpers import error_code, http, sha256
 from test_runtime import push, quick_hello
@@ -161,3 +165,33 @@ def test_the_job_token_opens_no_rest_api(registry: RegistryServer, built: tuple[
         refused = job.get(path)
         assert refused.status_code == 401, path
         assert "OCI API only" in refused.text
+
+
+def hostile_layer() -> bytes:
+    """A tar+gzip whose members climb out of the folder it is unpacked into."""
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        for name, data in (("alpha/__init__.py", b"VERSION = '1.0'\n"), ("../../escaped.py", b"import os\n")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return packed.getvalue()
+
+
+def test_a_pod_refuses_an_environment_layer_that_climbs_out_of_its_folder(
+        registry: RegistryServer, built: tuple[str, str, httpx.Client], tmp_path: Path) -> None:
+    repository, token, job = built
+    config, _, manifest = environment_artifact()
+    layer = hostile_layer()  # what a build's own code could pack instead of its packages
+    document = json.loads(manifest)
+    document["layers"][0] |= {"digest": sha256(layer), "size": len(layer)}
+    manifest = json.dumps(document).encode()
+    assert store(job, repository, config, layer, manifest).status_code == 201
+    bundle = http(registry.url, token).get(f"/v2/{repository}/manifests/latest", headers={"Accept": mt.OCI_MANIFEST})
+    pod_token = issue_version_pull_token(registry.signing_key, repository,
+                                         [sha256(bundle.content), sha256(manifest)], 600)
+    target = tmp_path / "pod" / "tmp" / "environment"
+    target.parent.mkdir(parents=True)
+    with pytest.raises(UnsafeArchiveError):
+        fetch_environment(registry.url, repository, sha256(manifest), pod_token, target)
+    assert not (tmp_path / "escaped.py").exists() and not (tmp_path / "pod" / "escaped.py").exists()
